@@ -1,0 +1,104 @@
+"""The ``vbert-lab`` command: ``vbert-lab --help`` lists what it does.
+
+Each sub-command is a thin wrapper: the work lives in the module it names, and
+imports happen only when a command runs, so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _cmd_course(args: argparse.Namespace) -> int:
+    from .course import main as course_main
+
+    return course_main(args)
+
+
+def _cmd_check_notebooks(args: argparse.Namespace) -> int:
+    from .course import check_notebooks_cli
+
+    return check_notebooks_cli(args.paths)
+
+
+def _cmd_env(args: argparse.Namespace) -> int:
+    from .envcheck import environment_report
+
+    return 0 if environment_report(print_table=True, as_json=args.json) else 1
+
+
+def _cmd_tinycook(args: argparse.Namespace) -> int:
+    from .tinycook import cli_main
+
+    return cli_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vbert-lab", description="VideoBERT Lab: the course and its tools.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("course", help="execute every course notebook headless (papermill) and write summary.json")
+    p.add_argument("--profile", default="", help="smoke | cpu | gpu (default: gpu where CUDA is present, else cpu)")
+    p.add_argument("--device", default="", help="torch device (default: cuda where present, else cpu)")
+    p.add_argument("--seed", type=int, default=0, help="TinyCook seed and training seed (default 0)")
+    p.add_argument("--out", default="build/course", help="folder for executed notebooks and summary.json")
+    p.add_argument("--data-dir", default="", help="TinyCook folder (default data/tinycook-<profile>-s<seed>)")
+    p.add_argument("--notebooks", default="notebooks", help="folder of the numbered notebooks")
+    p.add_argument("--only", nargs="*", default=None, metavar="NN", help="run only these notebooks (by number or name)")
+    p.add_argument("--force", action="store_true", help="regenerate the data and derived artifacts instead of reusing them")
+    p.add_argument("--timeout", type=int, default=None, help="seconds a single cell may run (default: no limit)")
+    p.add_argument("--no-data", action="store_true", help="do not make TinyCook first (notebooks make it on first use)")
+    p.add_argument("--prepare-only", action="store_true", help="write parameterised copies without executing them (make test)")
+    p.set_defaults(func=_cmd_course)
+
+    p = sub.add_parser("check-notebooks", help="check the course's notebook conventions (no outputs, parameters cell...)")
+    p.add_argument("paths", nargs="*", default=["notebooks"], help="notebooks or folders (default: notebooks)")
+    p.set_defaults(func=_cmd_check_notebooks)
+
+    p = sub.add_parser("env", help="environment check: OK or FAIL per dependency, and the device")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_env)
+
+    data = sub.add_parser("data", help="make or prepare data sets")
+    data_sub = data.add_subparsers(dest="data_command", metavar="DATASET", required=True)
+    p = data_sub.add_parser("tinycook", help="generate the TinyCook world (videos, annotations, narration)")
+    p.add_argument("--out", required=True, help="folder to create (must not be an existing file)")
+    p.add_argument("--videos", type=_positive_int, required=True, help="number of videos (>= 1)")
+    p.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
+    p.add_argument("--workers", type=_positive_int, default=None, help="processes (default: CPU count)")
+    p.add_argument("--size", type=_positive_int, default=128, help="frame width and height in pixels (default 128)")
+    p.add_argument("--force", action="store_true", help="replace an existing data set")
+    p.set_defaults(func=_cmd_tinycook)
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
