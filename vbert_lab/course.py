@@ -63,6 +63,14 @@ SYLLABUS: list[tuple[str, str, str]] = [
 ]
 
 
+# The parameters cell every notebook carries (papermill overrides these values).
+PARAMETERS_CELL = """\
+PROFILE = ""   # smoke, cpu or gpu; empty means gpu where CUDA is present, else cpu
+DEVICE = ""    # empty means cuda where present, else cpu
+DATA_DIR = ""  # empty means data/tinycook-PROFILE-sSEED beside the notebooks
+SEED = 0       # TinyCook seed and training seed"""
+
+
 def colab_url(notebook_name: str) -> str:
     return f"https://colab.research.google.com/github/{REPO_URL.split('github.com/')[1]}/blob/main/notebooks/{notebook_name}"
 
@@ -73,6 +81,19 @@ def colab_url(notebook_name: str) -> str:
 def _source(cell: dict) -> str:
     src = cell.get("source", "")
     return "".join(src) if isinstance(src, list) else src
+
+
+def _papermill_parameters(cell: dict) -> set[str] | None:
+    """The parameter names papermill reads from a cell (``None`` where papermill is not installed)."""
+    try:
+        import logging
+
+        import nbformat
+        from papermill.translators import PythonTranslator
+    except ImportError:
+        return None
+    logging.getLogger("papermill").setLevel(logging.ERROR)
+    return {p.name for p in PythonTranslator.inspect(nbformat.from_dict({**cell, "source": _source(cell)}))}
 
 
 def check_notebook(path: str | os.PathLike) -> list[str]:
@@ -107,6 +128,12 @@ def check_notebook(path: str | os.PathLike) -> list[str]:
         for name in REQUIRED_PARAMETERS:
             if not re.search(rf"^{name}\s*=", src, re.MULTILINE):
                 problems.append(f"{path}: the 'parameters' cell does not set {name}")
+        parsed = _papermill_parameters(cell)
+        if parsed is not None:
+            for line in src.splitlines():
+                name = line.split("=", 1)[0].strip()
+                if "=" in line and name.isidentifier() and name not in parsed:
+                    problems.append(f"{path}: papermill cannot parse the parameters line {line!r} (keep comments free of quotes)")
 
     first = cells[0]
     head = _source(first)
