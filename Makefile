@@ -70,7 +70,7 @@ check-notebooks: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[test,bench]"
-	$(PY) -m bench $(if $(QUICK),--quick) --out build/bench
+	$(PY) -m bench $(if $(QUICK),--quick) --out build/bench --readme README.md
 
 lab: $(STAMP)
 	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[test,lab]"
