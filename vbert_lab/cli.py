@@ -44,6 +44,29 @@ def _cmd_tinycook(args: argparse.Namespace) -> int:
     return cli_main(args)
 
 
+def _cmd_probe(args: argparse.Namespace) -> int:
+    import json
+    import warnings
+
+    from .video import VideoError, probe
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            info = probe(args.path, backend=args.backend or None)
+    except (VideoError, OSError, ValueError) as err:
+        print(f"vbert-lab probe: {err}", file=sys.stderr)
+        return 2
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(info.as_dict()))
+    else:
+        for key, value in info.as_dict().items():
+            print(f"{key:18} {value}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vbert-lab", description="VideoBERT Lab: the course and its tools.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -70,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("env", help="environment check: OK or FAIL per dependency, and the device")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_env)
+
+    p = sub.add_parser("probe", help="frame count, fps, duration, size and audio of a video file")
+    p.add_argument("path", help="video file")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--backend", default="", help="decord | pyav | torchcodec (default: decord where installed)")
+    p.set_defaults(func=_cmd_probe)
 
     data = sub.add_parser("data", help="make or prepare data sets")
     data_sub = data.add_subparsers(dest="data_command", metavar="DATASET", required=True)
