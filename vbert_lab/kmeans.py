@@ -1,0 +1,540 @@
+"""Hierarchical k-means: the visual (and audio) vocabulary of VideoBERT.
+
+Taught in ``05_visual_and_audio_tokens``. The paper clusters 1024-d S3D clip
+features with hierarchical k-means, ``k = 12`` and depth 4, into
+``12**4 = 20,736`` visual words; the same class makes audio words from
+per-clip audio features.
+
+The tree
+--------
+Level ``l`` (0 = the root's children) holds ``k**(l+1)`` centroids, stored as
+``(k**l, k, D)``: node ``n`` at level ``l`` has children ``n * k + c``. A leaf
+id is the base-``k`` number of the path's child digits, so leaf ids are
+``[0, k**depth)`` and the first digit is the top-level cluster
+(``leaf // k**(depth-1)``).
+
+Assignment descends the tree: ``k`` distances per level, ``k * depth`` per
+vector (``predict(X)``), instead of ``k**depth`` for a flat search
+(``predict(X, exact=True)``, the nearest leaf centroid).
+
+Nodes with fewer distinct points than ``k``
+------------------------------------------
+``fit`` refuses data with fewer points than leaves (``k**depth``), but deep
+nodes of an unbalanced tree can still receive fewer than ``k`` distinct
+points. Such a node gets one child per distinct point, in the child slots
+``0, 1, ...``; the remaining slots are marked invalid (``valid[l]`` is False),
+descent never enters them, and their subtree's leaves are never produced. Leaf
+ids therefore stay the base-``k`` path digits (stable across data sets), and
+:attr:`leaf_valid` says which leaves can occur. :attr:`leaf_centroids` fills an
+invalid leaf with its nearest valid ancestor's centroid so that every row is a
+usable embedding initialisation.
+
+Fitting
+-------
+In memory (``fit(X)``): every node runs k-means++ (greedy, as scikit-learn)
+then Lloyd iterations on its points; an empty cluster is re-seeded at the
+node's point farthest from its centroid. Streaming (``fit_chunks``, or ``fit``
+with ``batch_size`` on an array too large for memory, e.g. a ``np.memmap``):
+level by level, each node is initialised from a random sample of its points
+(at most ``sample_per_node``, collected in one pass) and then refined with
+``stream_passes`` exact Lloyd passes over all chunks (sums and counts
+accumulated chunk by chunk; a cluster empty in a pass keeps its centroid).
+Randomness comes from a generator per (seed, level, node), so a fit is
+deterministic for a seed on a given device.
+
+Saved as ``codebook.safetensors`` (centroids and valid masks per level) plus
+``codebook.json`` (sizes and settings).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+__all__ = [
+    "HierarchicalKMeans",
+    "codebook_usage",
+    "perplexity",
+    "purity",
+    "nmi",
+    "nearest_to_centroids",
+    "quantisation_error",
+]
+
+FORMAT = "vbert_lab.hierarchical_kmeans"
+FORMAT_VERSION = 1
+_CHUNK = 16384  # rows per distance block: bounds memory at (chunk, k**depth) for exact search
+
+
+def _as_float_tensor(X, device, what: str = "X") -> torch.Tensor:
+    """``X`` (N, D) as a float32 tensor on ``device``; clear errors for wrong shapes and non-finite values."""
+    if isinstance(X, torch.Tensor):
+        t = X.detach()
+    else:
+        arr = np.ascontiguousarray(np.asarray(X))
+        t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())  # memmap chunks are read-only
+    if t.dim() != 2:
+        raise ValueError(f"{what} should be a 2-d array of shape (n_vectors, dim), got shape {tuple(t.shape)}")
+    if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64, torch.int16, torch.uint8)):
+        raise ValueError(f"{what} has dtype {t.dtype}; give float features")
+    t = t.to(device=device, dtype=torch.float32)
+    if t.numel() and bool(torch.isfinite(t.sum(dtype=torch.float64))):  # fast path: one reduction, no (N, D) mask
+        return t
+    finite = torch.isfinite(t)
+    if not bool(finite.all()):
+        rows = (~finite).any(dim=1).nonzero().flatten()
+        raise ValueError(
+            f"{what} has NaN or inf values in {rows.numel()} row(s), first at row {int(rows[0])}; "
+            "k-means needs finite features: drop or repair those rows (e.g. clips that failed to decode)"
+        )
+    return t
+
+
+def _sq_distances(X: torch.Tensor, C: torch.Tensor, C_sq: torch.Tensor | None = None,
+                  X_sq: torch.Tensor | None = None) -> torch.Tensor:
+    """Squared Euclidean distances (N, K) between X (N, D) and C (K, D); pass the squared norms to reuse them."""
+    if C_sq is None:
+        C_sq = (C * C).sum(1)
+    if X_sq is None:
+        X_sq = (X * X).sum(1)
+    d = torch.addmm(C_sq[None, :], X, C.T, alpha=-2.0).add_(X_sq[:, None])  # (N, K)
+    return d.clamp_min_(0.0)
+
+
+def _nearest(X: torch.Tensor, C: torch.Tensor, invalid: torch.Tensor | None = None) -> torch.Tensor:
+    """argmin_j ||x - c_j||^2 over the valid centroids, without the ||x||^2 term (N,)."""
+    C_sq = (C * C).sum(1)
+    if invalid is not None:
+        C_sq = C_sq.masked_fill(invalid, float("inf"))
+    return torch.addmm(C_sq[None, :], X, C.T, alpha=-2.0).argmin(1)
+
+
+def _node_seed(seed: int, level: int, node: int) -> int:
+    return int(np.random.SeedSequence([int(seed) % 2**32, level, node]).generate_state(1)[0])
+
+
+def _kmeans_pp(X: torch.Tensor, k: int, gen: torch.Generator, X_sq: torch.Tensor) -> torch.Tensor:
+    """Greedy k-means++ seeds (scikit-learn's variant, 2 + log k trials); fewer than k if X has fewer distinct points."""
+    n = X.shape[0]
+    trials = 2 + int(math.log(k))
+    first = int(torch.randint(n, (1,), generator=gen))
+    centers = [X[first]]
+    closest = _sq_distances(X, X[first : first + 1], X_sq=X_sq).squeeze(1)  # (N,)
+    for _ in range(1, k):
+        total = float(closest.sum())
+        if total <= 0.0:  # every point sits on a centre: no more distinct points
+            break
+        probs = (closest / total).double().cpu()
+        cand = torch.multinomial(probs, trials, replacement=True, generator=gen).to(X.device)  # (trials,)
+        d_cand = torch.minimum(_sq_distances(X, X[cand], X_sq=X_sq), closest[:, None])  # (N, trials)
+        best = int(d_cand.sum(0).argmin())
+        centers.append(X[cand[best]])
+        closest = d_cand[:, best]
+    return torch.stack(centers)
+
+
+def _kmeans_node(X: torch.Tensor, k: int, n_iter: int, tol: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """k-means of one node: (centroids (k, D), valid (k,)); invalid slots are zero rows."""
+    D = X.shape[1]
+    X_sq = (X * X).sum(1)  # (N,)
+    seeds = _kmeans_pp(X, k, gen, X_sq)  # (k', D), k' <= k
+    kk = seeds.shape[0]
+    C = seeds.clone()
+    # scikit-learn's stopping rule: the centres moved less than tol x the mean per-feature variance
+    shift_tol = tol * float(X.var(0, unbiased=False).mean()) if X.shape[0] > 1 else 0.0
+    prev_label = None
+    for _ in range(n_iter):
+        d = _sq_distances(X, C, X_sq=X_sq)  # (N, k')
+        best, label = d.min(1)
+        counts = torch.bincount(label, minlength=kk)
+        sums = torch.zeros_like(C).index_add_(0, label, X)
+        empty = counts == 0
+        C_new = sums / counts.clamp_min(1)[:, None].to(X.dtype)
+        if bool(empty.any()):  # re-seed each empty cluster at the point farthest from its centroid
+            far = best.clone()
+            for j in empty.nonzero().flatten().tolist():
+                i = int(far.argmax())
+                C_new[j] = X[i]
+                far[i] = -1.0
+        shift = float(((C_new - C) ** 2).sum())
+        C = C_new
+        if not bool(empty.any()) and (shift <= shift_tol or (prev_label is not None and torch.equal(label, prev_label))):
+            break
+        prev_label = label
+    out = torch.zeros(k, D, dtype=X.dtype, device=X.device)
+    out[:kk] = C
+    valid = torch.zeros(k, dtype=torch.bool, device=X.device)
+    valid[:kk] = True
+    return out, valid
+
+
+class HierarchicalKMeans:
+    """Hierarchical k-means with tree-descent assignment (scikit-learn style API).
+
+    ``HierarchicalKMeans(k=12, depth=4)`` is the paper's 20,736-word visual
+    vocabulary; ``depth=1`` is flat k-means. ``fit(X)`` returns self,
+    ``predict(X)`` gives leaf ids in ``[0, k**depth)`` by tree descent
+    (``exact=True``: nearest leaf centroid). ``device``: where the arithmetic
+    runs ("cpu", "cuda"). See the module docstring for the tree layout and
+    nodes with fewer points than ``k``. Taught in ``05_visual_and_audio_tokens``.
+    """
+
+    def __init__(self, k: int = 12, depth: int = 4, seed: int = 0, n_iter: int = 25, tol: float = 1e-4,
+                 device: str | torch.device = "cpu", batch_size: int | None = None,
+                 sample_per_node: int = 4096, stream_passes: int = 3):
+        if int(k) != k or k < 2:
+            raise ValueError(f"k={k}: hierarchical k-means needs k >= 2 children per node (the paper: 12)")
+        if int(depth) != depth or depth < 1:
+            raise ValueError(f"depth={depth}: the tree needs depth >= 1 (1 is flat k-means; the paper: 4)")
+        if n_iter < 1:
+            raise ValueError(f"n_iter={n_iter} must be >= 1")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1 (or None to fit in memory)")
+        if sample_per_node < k:
+            raise ValueError(f"sample_per_node={sample_per_node} must be at least k={k}")
+        self.k, self.depth, self.seed = int(k), int(depth), int(seed)
+        self.n_iter, self.tol = int(n_iter), float(tol)
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.sample_per_node, self.stream_passes = int(sample_per_node), int(stream_passes)
+        self.centroids: list[torch.Tensor] = []  # per level: (k**l, k, D)
+        self.valid: list[torch.Tensor] = []  # per level: (k**l, k) bool
+        self.dim: int | None = None
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def n_leaves(self) -> int:
+        """Size of the leaf id space, ``k**depth`` (the number of visual words)."""
+        return self.k**self.depth
+
+    def _check_fitted(self) -> None:
+        if not self.centroids:
+            raise RuntimeError("this HierarchicalKMeans is not fitted yet: call fit(X) or HierarchicalKMeans.load(path)")
+
+    @property
+    def leaf_valid(self) -> torch.Tensor:
+        """(k**depth,) bool: leaves descent can reach (False under nodes that had fewer than k distinct points)."""
+        self._check_fitted()
+        ok = torch.ones(1, dtype=torch.bool, device=self.device)
+        for v in self.valid:
+            ok = (ok[:, None] & v).reshape(-1)
+        return ok
+
+    @property
+    def leaf_centroids(self) -> torch.Tensor:
+        """(k**depth, D) leaf centroids; an unreachable leaf repeats its nearest valid ancestor's centroid."""
+        self._check_fitted()
+        filled = None
+        for C, v in zip(self.centroids, self.valid):
+            flat = C.reshape(-1, self.dim)  # (k**(l+1), D)
+            if filled is None:
+                filled = flat.clone()
+            else:
+                parent = filled.repeat_interleave(self.k, dim=0)
+                vflat = v.reshape(-1)
+                filled = torch.where(vflat[:, None], flat, parent)
+        return filled
+
+    def level_centroids(self, level: int) -> torch.Tensor:
+        """(k**(level+1), D) centroids of one level (0 = the root's k children)."""
+        self._check_fitted()
+        return self.centroids[level].reshape(-1, self.dim)
+
+    # ------------------------------------------------------------------ fitting
+    def _check_points(self, n: int) -> None:
+        if n < self.n_leaves:
+            raise ValueError(
+                f"more leaves than points: k**depth = {self.k}**{self.depth} = {self.n_leaves} leaves but only {n} "
+                f"vectors; lower depth or k, or fit on more clips"
+            )
+
+    def fit(self, X) -> "HierarchicalKMeans":
+        """Fit the tree on ``X`` (N, D): numpy, torch, or a ``np.memmap`` (with ``batch_size``, streamed in chunks)."""
+        if self.batch_size is not None:
+            if getattr(X, "ndim", None) != 2:
+                raise ValueError(f"X should be a 2-d array of shape (n_vectors, dim), got shape {tuple(getattr(X, 'shape', ()))}")
+            bs = self.batch_size
+            return self.fit_chunks(lambda: (X[i : i + bs] for i in range(0, X.shape[0], bs)))
+        X = _as_float_tensor(X, self.device)
+        self._check_points(X.shape[0])
+        self.dim = X.shape[1]
+        self.centroids, self.valid = [], []
+        node = torch.zeros(X.shape[0], dtype=torch.long, device=self.device)  # (N,) node of each point at this level
+        for level in range(self.depth):
+            C = torch.zeros(self.k**level, self.k, self.dim, device=self.device)
+            V = torch.zeros(self.k**level, self.k, dtype=torch.bool, device=self.device)
+            order = torch.argsort(node, stable=True)
+            ids, counts = torch.unique_consecutive(node[order], return_counts=True)
+            child = torch.empty_like(node)
+            for n_id, idx in zip(ids.tolist(), torch.split(order, counts.tolist())):
+                gen = torch.Generator().manual_seed(_node_seed(self.seed, level, n_id))
+                Xn = X[idx]
+                C[n_id], V[n_id] = _kmeans_node(Xn, self.k, self.n_iter, self.tol, gen)
+                child[idx] = n_id * self.k + _nearest(Xn, C[n_id], ~V[n_id])
+            self.centroids.append(C)
+            self.valid.append(V)
+            node = child
+        return self
+
+    def fit_chunks(self, chunks: Callable[[], Iterable] | Iterable) -> "HierarchicalKMeans":
+        """Streaming fit over chunks of rows (each (n_i, D)), for features larger than memory.
+
+        ``chunks``: a callable returning a fresh iterable of chunks, or a
+        re-iterable (a list, a ``np.memmap`` split...). The data is read
+        ``depth * (1 + stream_passes)`` times. See the module docstring.
+        """
+        if callable(chunks):
+            make = chunks
+        else:
+            if iter(chunks) is chunks:
+                raise ValueError("fit_chunks reads the data several times: pass a list of chunks or a function "
+                                 "returning a fresh iterator (e.g. lambda: (X[i:i+b] for i in range(0, len(X), b))), not a one-shot iterator")
+            make = lambda: chunks  # noqa: E731
+
+        def stream():
+            seen = 0
+            for i, chunk in enumerate(make()):
+                t = _as_float_tensor(chunk, self.device, what=f"chunk {i}")
+                if self.dim is not None and t.shape[1] != self.dim:
+                    raise ValueError(f"chunk {i} has dim {t.shape[1]}, the first chunk had {self.dim}")
+                self.dim = t.shape[1] if self.dim is None else self.dim
+                seen += t.shape[0]
+                if t.shape[0]:
+                    yield t
+            if seen == 0:
+                raise ValueError("fit_chunks got no data (is the chunk iterator exhausted? pass a function that makes a fresh one)")
+
+        self.dim, self.centroids, self.valid = None, [], []
+        n_total = None
+        for level in range(self.depth):
+            # pass 1: a random sample of at most sample_per_node points per node (smallest random keys win)
+            s_node = s_key = s_x = None
+            n_seen = 0
+            for chunk_i, x in enumerate(stream()):
+                n_seen += x.shape[0]
+                node = self._descend(x, level)  # (n,)
+                g = torch.Generator().manual_seed(_node_seed(self.seed, level + 1000, chunk_i))
+                key = torch.rand(x.shape[0], generator=g).to(self.device)
+                if s_x is None:
+                    s_node, s_key, s_x = node, key, x
+                else:
+                    s_node, s_key, s_x = torch.cat([s_node, node]), torch.cat([s_key, key]), torch.cat([s_x, x])
+                keep = self._smallest_per_node(s_node, s_key)
+                s_node, s_key, s_x = s_node[keep], s_key[keep], s_x[keep]
+            if n_total is None:
+                n_total = n_seen
+                self._check_points(n_total)
+            C = torch.zeros(self.k**level, self.k, self.dim, device=self.device)
+            V = torch.zeros(self.k**level, self.k, dtype=torch.bool, device=self.device)
+            order = torch.argsort(s_node, stable=True)
+            ids, counts = torch.unique_consecutive(s_node[order], return_counts=True)
+            for n_id, idx in zip(ids.tolist(), torch.split(order, counts.tolist())):
+                gen = torch.Generator().manual_seed(_node_seed(self.seed, level, n_id))
+                C[n_id], V[n_id] = _kmeans_node(s_x[idx], self.k, self.n_iter, self.tol, gen)
+            self.centroids.append(C)
+            self.valid.append(V)
+            # passes 2..: exact Lloyd over all chunks, every node of this level at once
+            for _ in range(self.stream_passes):
+                sums = torch.zeros(self.k ** (level + 1), self.dim, device=self.device)
+                cnt = torch.zeros(self.k ** (level + 1), device=self.device)
+                for x in stream():
+                    leaf = self._descend(x, level + 1)  # (n,) child index at this level
+                    sums.index_add_(0, leaf, x)
+                    cnt.index_add_(0, leaf, torch.ones_like(leaf, dtype=torch.float32))
+                flat = self.centroids[level].reshape(-1, self.dim)
+                got = cnt > 0
+                flat[got] = sums[got] / cnt[got, None]
+        return self
+
+    def _smallest_per_node(self, node: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        """Indices of the ``sample_per_node`` smallest keys within each node."""
+        order = torch.argsort(key, stable=True)
+        order = order[torch.argsort(node[order], stable=True)]  # by node, then key
+        sorted_node = node[order]
+        first = torch.ones_like(sorted_node, dtype=torch.bool)
+        first[1:] = sorted_node[1:] != sorted_node[:-1]
+        start = torch.cummax(torch.where(first, torch.arange(len(order), device=node.device), 0), 0).values
+        rank = torch.arange(len(order), device=node.device) - start
+        return order[rank < self.sample_per_node]
+
+    # ------------------------------------------------------------------ assignment
+    def _descend(self, X: torch.Tensor, levels: int) -> torch.Tensor:
+        """Node index after descending ``levels`` levels (0: the root, all zeros); k distances per level."""
+        node = torch.zeros(X.shape[0], dtype=torch.long, device=X.device)
+        for level in range(levels):
+            C, V = self.centroids[level], self.valid[level]
+            child = torch.empty_like(node)
+            if level == 0:
+                groups = [(0, torch.arange(X.shape[0], device=X.device))]
+            else:
+                order = torch.argsort(node, stable=True)
+                ids, counts = torch.unique_consecutive(node[order], return_counts=True)
+                groups = zip(ids.tolist(), torch.split(order, counts.tolist()))
+            for n_id, idx in groups:
+                Xn = X if level == 0 else X[idx]
+                child[idx] = n_id * self.k + _nearest(Xn, C[n_id], ~V[n_id])  # k distances per vector
+            node = child
+        return node
+
+    def _check_predict_input(self, X) -> torch.Tensor:
+        self._check_fitted()
+        shape = tuple(X.shape) if hasattr(X, "shape") else None
+        if shape is not None and len(shape) == 2 and shape[1] != self.dim:
+            raise ValueError(
+                f"X has dim {shape[1]} but this codebook was fitted on dim {self.dim}; "
+                "use features from the same extractor (and the same pooling) as the codebook"
+            )
+        return _as_float_tensor(X, self.device)
+
+    @torch.no_grad()
+    def predict(self, X, exact: bool = False) -> torch.Tensor:
+        """Leaf ids (N,) int64 in ``[0, k**depth)``: by tree descent, or the nearest leaf centroid with ``exact``."""
+        X = self._check_predict_input(X)
+        out = torch.empty(X.shape[0], dtype=torch.long, device=self.device)
+        if exact:
+            C, invalid = self.leaf_centroids, ~self.leaf_valid
+            for i in range(0, X.shape[0], _CHUNK):
+                out[i : i + _CHUNK] = _nearest(X[i : i + _CHUNK], C, invalid)
+            return out
+        for i in range(0, X.shape[0], 8 * _CHUNK):
+            out[i : i + 8 * _CHUNK] = self._descend(X[i : i + 8 * _CHUNK], self.depth)
+        return out
+
+    def fit_predict(self, X) -> torch.Tensor:
+        return self.fit(X).predict(X)
+
+    @torch.no_grad()
+    def path(self, leaf) -> torch.Tensor:
+        """(N, depth) child digits of leaf ids, top level first (``leaf = sum digit_l * k**(depth-1-l)``)."""
+        leaf = torch.as_tensor(leaf, dtype=torch.long)
+        powers = self.k ** torch.arange(self.depth - 1, -1, -1)
+        return (leaf[..., None] // powers) % self.k
+
+    # ------------------------------------------------------------------ save / load
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``codebook.safetensors`` and ``codebook.json`` into ``directory``; returns it."""
+        from safetensors.torch import save_file
+
+        self._check_fitted()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {}
+        for level, (C, V) in enumerate(zip(self.centroids, self.valid)):
+            tensors[f"level{level}.centroids"] = C.detach().cpu().contiguous()
+            tensors[f"level{level}.valid"] = V.detach().cpu().to(torch.uint8).contiguous()
+        save_file(tensors, str(directory / "codebook.safetensors"))
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "k": self.k, "depth": self.depth, "dim": self.dim,
+                "seed": self.seed, "n_iter": self.n_iter, "tol": self.tol, "n_leaves": self.n_leaves,
+                "n_valid_leaves": int(self.leaf_valid.sum())}
+        (directory / "codebook.json").write_text(json.dumps(meta, indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> "HierarchicalKMeans":
+        """Read a codebook written by :meth:`save`."""
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        meta_path, tensor_path = directory / "codebook.json", directory / "codebook.safetensors"
+        for p in (meta_path, tensor_path):
+            if not p.is_file():
+                raise FileNotFoundError(f"{p}: missing; a codebook folder holds codebook.json and codebook.safetensors (HierarchicalKMeans.save)")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{meta_path}: format is {meta.get('format')!r}, expected {FORMAT!r}")
+        model = cls(k=meta["k"], depth=meta["depth"], seed=meta["seed"], n_iter=meta["n_iter"], tol=meta["tol"], device=device)
+        tensors = load_file(str(tensor_path))
+        model.dim = int(meta["dim"])
+        for level in range(model.depth):
+            C = tensors.get(f"level{level}.centroids")
+            if C is None or tuple(C.shape) != (model.k**level, model.k, model.dim):
+                raise ValueError(f"{tensor_path}: level{level}.centroids should have shape {(model.k**level, model.k, model.dim)}, "
+                                 f"got {None if C is None else tuple(C.shape)}")
+            model.centroids.append(C.to(model.device, torch.float32))
+            model.valid.append(tensors[f"level{level}.valid"].to(model.device).bool())
+        return model
+
+    def __repr__(self) -> str:
+        state = f"dim={self.dim}" if self.centroids else "not fitted"
+        return f"HierarchicalKMeans(k={self.k}, depth={self.depth}, seed={self.seed}, device={self.device}, {state})"
+
+
+# --------------------------------------------------------------------------- measuring a codebook
+
+
+def _labels_array(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def codebook_usage(tokens, n_tokens: int) -> np.ndarray:
+    """(n_tokens,) how often each token id occurs. Taught in ``05_visual_and_audio_tokens``."""
+    t = _labels_array(tokens).astype(np.int64).ravel()
+    if t.size and (t.min() < 0 or t.max() >= n_tokens):
+        raise ValueError(f"token ids span [{t.min()}, {t.max()}] but the codebook has ids 0..{n_tokens - 1}")
+    return np.bincount(t, minlength=n_tokens)
+
+
+def perplexity(tokens, n_tokens: int) -> float:
+    """exp(entropy) of the token distribution: the effective number of words used (<= n_tokens).
+
+    Taught in ``05_visual_and_audio_tokens``.
+    """
+    counts = codebook_usage(tokens, n_tokens).astype(np.float64)
+    if counts.sum() == 0:
+        raise ValueError("perplexity of no tokens is undefined")
+    p = counts[counts > 0] / counts.sum()
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def purity(tokens, labels) -> float:
+    """Fraction of items whose label is the majority label of their token. Taught in ``05_visual_and_audio_tokens``."""
+    t, y = _labels_array(tokens).ravel(), _labels_array(labels).ravel()
+    if t.shape != y.shape or t.size == 0:
+        raise ValueError(f"tokens and labels should be equally long and non-empty, got {t.shape} and {y.shape}")
+    _, y_idx = np.unique(y, return_inverse=True)
+    _, t_idx = np.unique(t, return_inverse=True)
+    table = np.zeros((t_idx.max() + 1, y_idx.max() + 1), dtype=np.int64)
+    np.add.at(table, (t_idx, y_idx), 1)
+    return float(table.max(1).sum() / t.size)
+
+
+def nmi(tokens, labels) -> float:
+    """Normalised mutual information of tokens and labels (scikit-learn's). Taught in ``05_visual_and_audio_tokens``."""
+    from sklearn.metrics import normalized_mutual_info_score
+
+    t, y = _labels_array(tokens).ravel(), _labels_array(labels).ravel()
+    if t.shape != y.shape or t.size == 0:
+        raise ValueError(f"tokens and labels should be equally long and non-empty, got {t.shape} and {y.shape}")
+    return float(normalized_mutual_info_score(y, t))
+
+
+@torch.no_grad()
+def nearest_to_centroids(X, centroids, n: int = 8) -> torch.Tensor:
+    """(K, n) indices of the ``n`` rows of ``X`` nearest each centroid: cluster exemplars for a browser.
+
+    ``centroids`` (K, D), e.g. ``km.leaf_centroids[ids]``. Taught in ``05_visual_and_audio_tokens``.
+    """
+    C = _as_float_tensor(centroids, "cpu", "centroids")
+    X = _as_float_tensor(X, "cpu")
+    if X.shape[1] != C.shape[1]:
+        raise ValueError(f"X has dim {X.shape[1]} but the centroids have dim {C.shape[1]}")
+    n = min(n, X.shape[0])
+    return _sq_distances(C, X).topk(n, dim=1, largest=False).indices
+
+
+@torch.no_grad()
+def quantisation_error(X, centroids, assignment) -> float:
+    """Mean squared distance of each row of ``X`` to its assigned centroid. Taught in ``05_visual_and_audio_tokens``."""
+    X = _as_float_tensor(X, "cpu")
+    C = _as_float_tensor(centroids, "cpu", "centroids")
+    a = torch.as_tensor(assignment, dtype=torch.long).cpu()
+    total = 0.0
+    for i in range(0, X.shape[0], _CHUNK):
+        total += float(((X[i : i + _CHUNK] - C[a[i : i + _CHUNK]]) ** 2).sum(dtype=torch.float64))
+    return total / X.shape[0]
