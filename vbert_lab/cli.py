@@ -67,6 +67,44 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from .features import ExtractError, WeightsNotFound, extract, extractor_weights_for
+
+    try:
+        weights = args.weights or extractor_weights_for(args.extractor, args.videos)
+        summary = extract(args.videos, args.out, args.extractor, weights=weights, backend=args.backend or None,
+                          device=args.device or None, batch_size=args.batch_size, workers=args.workers,
+                          audio=args.audio, retry_failed=args.retry_failed, overwrite=args.overwrite)
+    except (ExtractError, WeightsNotFound, ValueError) as err:
+        print(f"vbert-lab extract: error: {err}", file=sys.stderr)
+        return 2
+    print(summary)
+    for video, error in sorted(summary.failed.items()):
+        print(f"failed: {video}: {error}", file=sys.stderr)
+    return 0
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from .pretrain import default_train_config, ensure_pretrained, load_pretrain_config, pretrain, run_dir
+
+    try:
+        spec = load_pretrain_config(args.config)
+        run, settings = spec["run"], spec["settings"]
+        config = default_train_config(run, **spec["train"])
+        if spec["out"]:
+            _, result = pretrain(run, settings, config, spec["out"])
+            out, checkpoint = spec["out"], result.checkpoint
+        else:
+            done = ensure_pretrained(run, settings=settings, config=config)
+            out, checkpoint = run_dir(run, settings.regime_set, settings.fraction), done.checkpoint
+    except (FileNotFoundError, ValueError) as err:
+        print(f"vbert-lab pretrain: error: {err}", file=sys.stderr)
+        return 2
+    print(f"pretrained {settings.regime_set} on {settings.fraction:.0%} of the training videos: {out}")
+    print(f"checkpoint: {checkpoint}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vbert-lab", description="VideoBERT Lab: the course and its tools.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -99,6 +137,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--backend", default="", help="decord | pyav | torchcodec (default: decord where installed)")
     p.set_defaults(func=_cmd_probe)
+
+    p = sub.add_parser("extract", help="clip features of a folder of videos: sharded safetensors + manifest, resumable")
+    p.add_argument("--videos", required=True, help="folder of video files")
+    p.add_argument("--out", required=True, help="output folder (re-running resumes it; finished videos are skipped)")
+    p.add_argument("--extractor", default="tinycook3d", help="tinycook3d (offline default) | s3d (Kinetics-400 weights)")
+    p.add_argument("--weights", default="", help="weights file (tinycook3d: default <videos>/../derived/extractor/tinycook3d.safetensors; 'random' for an untrained net)")
+    p.add_argument("--backend", default="", help="decord | pyav | torchcodec (default: decord where installed)")
+    p.add_argument("--device", default="", help="torch device (default: cuda where present, else cpu)")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="clips per forward pass (default 32)")
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: one per core, at most 4)")
+    p.add_argument("--audio", action="store_true", help="also write per-clip audio features (log-mel mean and std)")
+    p.add_argument("--retry-failed", action="store_true", help="try the files recorded as failed again")
+    p.add_argument("--overwrite", action="store_true", help="replace features made with other settings in --out")
+    p.set_defaults(func=_cmd_extract)
+
+    p = sub.add_parser("pretrain", help="pretrain VideoBERT on TinyCook from a JSON config (data settings + TrainConfig)")
+    p.add_argument("--config", required=True, help='JSON file: {"data": {profile, seed, regime_set, fraction, ...}, "train": {TrainConfig fields}, "out": DIR}')
+    p.set_defaults(func=_cmd_pretrain)
 
     data = sub.add_parser("data", help="make or prepare data sets")
     data_sub = data.add_subparsers(dest="data_command", metavar="DATASET", required=True)

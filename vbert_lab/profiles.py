@@ -21,15 +21,36 @@ class Profile:
     name: str
     tinycook_videos: int  # videos in the generated TinyCook world
     frame_size: int  # TinyCook frames are frame_size x frame_size pixels
+    # the offline clip extractor (04_clip_features): epochs, and how many training videos' labels it sees
+    extractor_epochs: int = 8
+    extractor_videos: int = 48  # at most half of the training videos (features.extractor_split)
+    # the visual and audio vocabularies (05_visual_and_audio_tokens): hierarchical k-means, k**depth words each;
+    # far fewer words than training clips (the paper's 12**4 = 20,736 words had millions of clips)
+    kmeans_k: int = 12
+    kmeans_depth: int = 2
+    audio_kmeans_k: int = 8
+    audio_kmeans_depth: int = 2
+    # VideoBERT pretraining (07_videobert_pretraining): MiniLM cut to its first pretrain_layers layers,
+    # optimizer steps, examples per step, longest sequence, peak learning rate
+    pretrain_layers: int = 6
+    pretrain_steps: int = 1000
+    pretrain_batch: int = 32
+    pretrain_max_len: int = 64
+    pretrain_lr: float = 2e-4
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 PROFILES = {
-    "smoke": Profile(name="smoke", tinycook_videos=24, frame_size=64),
-    "cpu": Profile(name="cpu", tinycook_videos=160, frame_size=128),
-    "gpu": Profile(name="gpu", tinycook_videos=800, frame_size=128),
+    "smoke": Profile(name="smoke", tinycook_videos=24, frame_size=64, extractor_epochs=3, extractor_videos=8,
+                     kmeans_k=6, kmeans_depth=2, audio_kmeans_k=4, audio_kmeans_depth=2,
+                     pretrain_layers=2, pretrain_steps=20, pretrain_batch=8, pretrain_max_len=48),
+    "cpu": Profile(name="cpu", tinycook_videos=160, frame_size=128, extractor_epochs=16, extractor_videos=48,
+                   kmeans_k=12, kmeans_depth=2, audio_kmeans_k=8, audio_kmeans_depth=2,
+                   pretrain_layers=3, pretrain_steps=300, pretrain_batch=32, pretrain_max_len=64),
+    "gpu": Profile(name="gpu", tinycook_videos=800, frame_size=128, extractor_epochs=12, extractor_videos=200,
+                   kmeans_k=16, kmeans_depth=2, audio_kmeans_k=8, audio_kmeans_depth=2),
 }
 
 
