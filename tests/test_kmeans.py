@@ -210,3 +210,56 @@ def test_cuda_matches_cpu_assignment(X, tree):
     assert gpu.leaf_centroids.device.type == "cuda"
     agree = (gpu.predict(X).cpu() == tree.predict(X)).float().mean()
     assert agree > 0.95
+
+
+def test_descent_matches_a_brute_force_reference_on_a_deeper_uneven_tree():
+    # an independent per-row reference (k distances per level, no grouping) against the vectorised tiled descent,
+    # on a tree whose nodes get very different numbers of points (some tiles padded, some nodes tiny)
+    X = np.concatenate([mixture(2500, 8, 30, seed=7), mixture(60, 8, 3, seed=8) * 5])
+    km = HierarchicalKMeans(k=3, depth=4, seed=1).fit(X)
+    Xt = torch.from_numpy(X)
+    node = torch.zeros(len(X), dtype=torch.long)
+    for level in range(km.depth):
+        C = km.centroids[level][node]  # (N, k, D)
+        d = ((Xt[:, None, :] - C) ** 2).sum(-1).masked_fill(~km.valid[level][node], float("inf"))  # (N, k)
+        node = node * km.k + d.argmin(1)
+    assert (km.predict(X) == node).float().mean() > 0.999  # float ties aside
+
+
+def test_leaf_refinement_lowers_the_error_and_leaves_are_the_means_of_their_points():
+    X = mixture(6000, 16, 80, seed=3)
+    kwargs = dict(k=6, depth=2, seed=0, n_iter=2, max_points_per_node=60)
+    raw = HierarchicalKMeans(refine_leaves=False, **kwargs).fit(X)
+    refined = HierarchicalKMeans(refine_leaves=True, **kwargs).fit(X)
+    e_raw = quantisation_error(X, raw.leaf_centroids, raw.predict(X))
+    e_refined = quantisation_error(X, refined.leaf_centroids, refined.predict(X))
+    assert e_refined < e_raw, (e_refined, e_raw)
+    # refinement only moves leaves: the upper levels are the same tree
+    torch.testing.assert_close(refined.centroids[0], raw.centroids[0])
+    # each reached leaf is the mean of the points the unrefined descent sent there
+    leaves = raw.predict(X)
+    for leaf in leaves.unique()[:10].tolist():
+        mean = torch.from_numpy(X)[leaves == leaf].mean(0)
+        torch.testing.assert_close(refined.leaf_centroids[leaf], mean, rtol=1e-4, atol=1e-4)
+
+
+def test_max_points_per_node_subsamples_deterministically_and_stays_close():
+    X = mixture(6000, 16, 80, seed=4)
+    full = HierarchicalKMeans(k=4, depth=2, seed=0).fit(X)
+    a = HierarchicalKMeans(k=4, depth=2, seed=0, max_points_per_node=400).fit(X)
+    b = HierarchicalKMeans(k=4, depth=2, seed=0, max_points_per_node=400).fit(X)
+    assert torch.equal(a.leaf_centroids, b.leaf_centroids)
+    e_full = quantisation_error(X, full.leaf_centroids, full.predict(X))
+    e_sub = quantisation_error(X, a.leaf_centroids, a.predict(X))
+    assert e_sub < 1.15 * e_full, (e_sub, e_full)
+    with pytest.raises(ValueError, match="max_points_per_node=2 must be at least k=4"):
+        HierarchicalKMeans(k=4, depth=2, max_points_per_node=2)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_features_at_predict_are_a_clear_error(tree, bad):
+    X = mixture(50, 16, 3)
+    X[33, 5] = bad
+    for exact in (False, True):
+        with pytest.raises(ValueError, match="NaN or inf.*row 33"):
+            tree.predict(X, exact=exact)

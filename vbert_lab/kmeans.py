@@ -15,7 +15,10 @@ id is the base-``k`` number of the path's child digits, so leaf ids are
 
 Assignment descends the tree: ``k`` distances per level, ``k * depth`` per
 vector (``predict(X)``), instead of ``k**depth`` for a flat search
-(``predict(X, exact=True)``, the nearest leaf centroid).
+(``predict(X, exact=True)``, the nearest leaf centroid). Descent is
+vectorised: one matmul at level 0, then per level one copy of the rows
+grouped by node into fixed-size tiles and one batched matmul of every tile
+against its node's ``k`` children (no Python loop over nodes).
 
 Nodes with fewer distinct points than ``k``
 ------------------------------------------
@@ -33,7 +36,12 @@ Fitting
 -------
 In memory (``fit(X)``): every node runs k-means++ (greedy, as scikit-learn)
 then Lloyd iterations on its points; an empty cluster is re-seeded at the
-node's point farthest from its centroid. Streaming (``fit_chunks``, or ``fit``
+node's point farthest from its centroid. With ``max_points_per_node`` a node
+with more points fits on a random sample of that many (faiss samples 256
+points per centroid the same way), and all its points are then assigned to
+the fitted children. With ``refine_leaves`` (the default) a final pass moves
+every reached leaf centroid to the mean of the points that descent assigns to
+it (one more Lloyd step at the leaves; it cannot raise the error). Streaming (``fit_chunks``, or ``fit``
 with ``batch_size`` on an array too large for memory, e.g. a ``np.memmap``):
 level by level, each node is initialised from a random sample of its points
 (at most ``sample_per_node``, collected in one pass) and then refined with
@@ -72,8 +80,12 @@ FORMAT_VERSION = 1
 _CHUNK = 16384  # rows per distance block: bounds memory at (chunk, k**depth) for exact search
 
 
-def _as_float_tensor(X, device, what: str = "X") -> torch.Tensor:
-    """``X`` (N, D) as a float32 tensor on ``device``; clear errors for wrong shapes and non-finite values."""
+def _as_float_tensor(X, device, what: str = "X", check_finite: bool = True) -> torch.Tensor:
+    """``X`` (N, D) as a float32 tensor on ``device``; clear errors for wrong shapes and non-finite values.
+
+    ``check_finite=False`` skips the finiteness pass for a caller that checks
+    its own results (``predict``: non-finite rows give non-finite distances).
+    """
     if isinstance(X, torch.Tensor):
         t = X.detach()
     else:
@@ -84,8 +96,8 @@ def _as_float_tensor(X, device, what: str = "X") -> torch.Tensor:
     if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64, torch.int16, torch.uint8)):
         raise ValueError(f"{what} has dtype {t.dtype}; give float features")
     t = t.to(device=device, dtype=torch.float32)
-    if t.numel() and bool(torch.isfinite(t.sum(dtype=torch.float64))):  # fast path: one reduction, no (N, D) mask
-        return t
+    if not check_finite or (t.numel() and bool(torch.isfinite(t.sum()))):  # fast path: one float32 reduction, no mask
+        return t  # (a float32 sum that overflows falls through to the exact check below)
     finite = torch.isfinite(t)
     if not bool(finite.all()):
         rows = (~finite).any(dim=1).nonzero().flatten()
@@ -181,13 +193,17 @@ class HierarchicalKMeans:
     vocabulary; ``depth=1`` is flat k-means. ``fit(X)`` returns self,
     ``predict(X)`` gives leaf ids in ``[0, k**depth)`` by tree descent
     (``exact=True``: nearest leaf centroid). ``device``: where the arithmetic
-    runs ("cpu", "cuda"). See the module docstring for the tree layout and
-    nodes with fewer points than ``k``. Taught in ``05_visual_and_audio_tokens``.
+    runs ("cpu", "cuda"). ``max_points_per_node``: fit each node on a random
+    sample of at most that many of its points (None: all); ``refine_leaves``:
+    end with leaf centroids = means of the points descent assigns them. See
+    the module docstring for the tree layout and nodes with fewer points than
+    ``k``. Taught in ``05_visual_and_audio_tokens``.
     """
 
     def __init__(self, k: int = 12, depth: int = 4, seed: int = 0, n_iter: int = 25, tol: float = 1e-4,
                  device: str | torch.device = "cpu", batch_size: int | None = None,
-                 sample_per_node: int = 4096, stream_passes: int = 3):
+                 sample_per_node: int = 4096, stream_passes: int = 3, max_points_per_node: int | None = None,
+                 refine_leaves: bool = True):
         if int(k) != k or k < 2:
             raise ValueError(f"k={k}: hierarchical k-means needs k >= 2 children per node (the paper: 12)")
         if int(depth) != depth or depth < 1:
@@ -196,6 +212,8 @@ class HierarchicalKMeans:
             raise ValueError(f"n_iter={n_iter} must be >= 1")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be >= 1 (or None to fit in memory)")
+        if max_points_per_node is not None and max_points_per_node < k:
+            raise ValueError(f"max_points_per_node={max_points_per_node} must be at least k={k} (or None: all points)")
         if sample_per_node < k:
             raise ValueError(f"sample_per_node={sample_per_node} must be at least k={k}")
         self.k, self.depth, self.seed = int(k), int(depth), int(seed)
@@ -203,6 +221,8 @@ class HierarchicalKMeans:
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.sample_per_node, self.stream_passes = int(sample_per_node), int(stream_passes)
+        self.max_points_per_node = None if max_points_per_node is None else int(max_points_per_node)
+        self.refine_leaves = bool(refine_leaves)
         self.centroids: list[torch.Tensor] = []  # per level: (k**l, k, D)
         self.valid: list[torch.Tensor] = []  # per level: (k**l, k) bool
         self.dim: int | None = None
@@ -267,20 +287,34 @@ class HierarchicalKMeans:
         self.centroids, self.valid = [], []
         node = torch.zeros(X.shape[0], dtype=torch.long, device=self.device)  # (N,) node of each point at this level
         for level in range(self.depth):
-            C = torch.zeros(self.k**level, self.k, self.dim, device=self.device)
-            V = torch.zeros(self.k**level, self.k, dtype=torch.bool, device=self.device)
-            order = torch.argsort(node, stable=True)
-            ids, counts = torch.unique_consecutive(node[order], return_counts=True)
-            child = torch.empty_like(node)
-            for n_id, idx in zip(ids.tolist(), torch.split(order, counts.tolist())):
+            self.centroids.append(torch.zeros(self.k**level, self.k, self.dim, device=self.device))
+            self.valid.append(torch.zeros(self.k**level, self.k, dtype=torch.bool, device=self.device))
+
+            def fit_node(n_id: int, Xn: torch.Tensor, level: int = level) -> None:
                 gen = torch.Generator().manual_seed(_node_seed(self.seed, level, n_id))
-                Xn = X[idx]
-                C[n_id], V[n_id] = _kmeans_node(Xn, self.k, self.n_iter, self.tol, gen)
-                child[idx] = n_id * self.k + _nearest(Xn, C[n_id], ~V[n_id])
-            self.centroids.append(C)
-            self.valid.append(V)
-            node = child
+                if self.max_points_per_node is not None and Xn.shape[0] > self.max_points_per_node:
+                    pick = torch.randperm(Xn.shape[0], generator=gen)[: self.max_points_per_node].sort().values
+                    Xn = Xn[pick.to(Xn.device)]
+                self.centroids[level][n_id], self.valid[level][n_id] = _kmeans_node(Xn, self.k, self.n_iter, self.tol, gen)
+
+            node = self._assign_level(X, node, level, fit_node)  # every point's child, as descent gives it
+        if self.refine_leaves:
+            self._refine_leaves(X, node)
         return self
+
+    def _refine_leaves(self, X: torch.Tensor, leaf: torch.Tensor) -> None:
+        """Move every reached leaf centroid to the mean of the points that descent assigns to it.
+
+        The mean minimises each leaf's squared error, and re-descending can only
+        pick a nearer sibling, so the quantisation error of ``predict`` does not
+        rise. Leaves no point reaches keep their centroid.
+        """
+        n_leaves = self.n_leaves
+        sums = torch.zeros(n_leaves, self.dim, device=X.device).index_add_(0, leaf, X)  # (k**depth, D)
+        counts = torch.bincount(leaf, minlength=n_leaves)  # (k**depth,)
+        got = counts > 0
+        flat = self.centroids[-1].view(-1, self.dim)
+        flat[got] = sums[got] / counts[got, None].to(X.dtype)
 
     def fit_chunks(self, chunks: Callable[[], Iterable] | Iterable) -> "HierarchicalKMeans":
         """Streaming fit over chunks of rows (each (n_i, D)), for features larger than memory.
@@ -367,20 +401,64 @@ class HierarchicalKMeans:
     def _descend(self, X: torch.Tensor, levels: int) -> torch.Tensor:
         """Node index after descending ``levels`` levels (0: the root, all zeros); k distances per level."""
         node = torch.zeros(X.shape[0], dtype=torch.long, device=X.device)
+        workspace: list[torch.Tensor] = []
         for level in range(levels):
-            C, V = self.centroids[level], self.valid[level]
-            child = torch.empty_like(node)
-            if level == 0:
-                groups = [(0, torch.arange(X.shape[0], device=X.device))]
-            else:
-                order = torch.argsort(node, stable=True)
-                ids, counts = torch.unique_consecutive(node[order], return_counts=True)
-                groups = zip(ids.tolist(), torch.split(order, counts.tolist()))
-            for n_id, idx in groups:
-                Xn = X if level == 0 else X[idx]
-                child[idx] = n_id * self.k + _nearest(Xn, C[n_id], ~V[n_id])  # k distances per vector
-            node = child
+            node = self._assign_level(X, node, level, workspace=workspace)
         return node
+
+    def _assign_level(self, X: torch.Tensor, node: torch.Tensor, level: int,
+                      fit_node: Callable[[int, torch.Tensor], None] | None = None,
+                      workspace: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Child ids (N,) of the rows of ``X`` (N, D) that sit at ``level``'s nodes ``node`` (N,).
+
+        Vectorised descent, k distances per row: level 0 is one ``addmm`` over
+        all rows. Below it the rows are copied once, grouped by node, into
+        tiles of ``T`` rows (a node's rows fill its own tiles, the last one
+        padded), and one ``baddbmm`` scores every tile against its node's k
+        children: no Python loop over nodes, no (N, k, D) gather of centroids
+        per row, and few, large kernels (small per-node matmuls are slow on a
+        busy CPU). ``fit_node(n_id, Xn)``, when given, first fits node
+        ``n_id`` on its rows ``Xn`` (a contiguous view), so ``fit`` shares this
+        pass. ``workspace``: a list holding a reusable row buffer.
+        """
+        C, V = self.centroids[level], self.valid[level]  # (k**l, k, D), (k**l, k)
+        if level == 0:
+            if fit_node is not None:
+                fit_node(0, X)
+            c_sq = (C[0] * C[0]).sum(1).masked_fill(~V[0], float("inf"))  # (k,)
+            best, digit = torch.addmm(c_sq[None, :], X, C[0].T, alpha=-2.0).min(1)  # node 0: child = digit
+            if not bool(torch.isfinite(best.sum())):  # a NaN or inf feature (or an overflow): say which row
+                _as_float_tensor(X, X.device)
+            return digit
+        N, D, n_nodes = X.shape[0], X.shape[1], C.shape[0]
+        counts = torch.bincount(node, minlength=n_nodes)  # (n_nodes,)
+        T = int(min(256, max(16, 2 ** int(math.log2(max(1, N // max(1, int((counts > 0).sum()))))))))
+        tiles = (counts + T - 1) // T  # (n_nodes,) tiles per node
+        first_tile = torch.cumsum(tiles, 0) - tiles
+        order = torch.argsort(node, stable=fit_node is not None)  # rows grouped by node (fit: in row order, for determinism)
+        sorted_node = node[order]
+        rank = torch.arange(N, device=X.device) - (torch.cumsum(counts, 0) - counts)[sorted_node]
+        slot = torch.empty_like(node)
+        slot[order] = first_tile[sorted_node] * T + rank  # (N,) row of each point in the tiled buffer
+        n_tiles = int(tiles.sum())
+        if workspace is None:
+            workspace = []
+        if not workspace or workspace[0].shape[0] < n_tiles * T or workspace[0].shape[1] != D:
+            workspace[:] = [torch.empty(n_tiles * T + n_nodes * 16, D, device=X.device, dtype=X.dtype)]
+        buf = workspace[0][: n_tiles * T]
+        pad = torch.ones(n_tiles * T, dtype=torch.bool, device=X.device)
+        pad[slot] = False
+        buf.index_fill_(0, pad.nonzero().flatten(), 0.0)  # padding rows: never read; zeroed so no stale NaN or denormal slows the kernel
+        buf.index_copy_(0, slot, X)
+        if fit_node is not None:
+            for n_id, start, count in zip(torch.nonzero(counts).flatten().tolist(),
+                                          (first_tile * T)[counts > 0].tolist(), counts[counts > 0].tolist()):
+                fit_node(n_id, buf[start : start + count])
+        tile_node = torch.repeat_interleave(torch.arange(n_nodes, device=X.device), tiles)  # (n_tiles,)
+        c_sq = (C * C).sum(2).masked_fill(~V, float("inf"))  # (n_nodes, k)
+        d = torch.baddbmm(c_sq[tile_node][:, None, :], buf.view(n_tiles, T, D), C[tile_node].transpose(1, 2),
+                          alpha=-2.0)  # (n_tiles, T, k)
+        return node * self.k + d.argmin(2).view(-1)[slot]
 
     def _check_predict_input(self, X) -> torch.Tensor:
         self._check_fitted()
@@ -390,7 +468,7 @@ class HierarchicalKMeans:
                 f"X has dim {shape[1]} but this codebook was fitted on dim {self.dim}; "
                 "use features from the same extractor (and the same pooling) as the codebook"
             )
-        return _as_float_tensor(X, self.device)
+        return _as_float_tensor(X, self.device, check_finite=False)  # descent checks its level-0 distances
 
     @torch.no_grad()
     def predict(self, X, exact: bool = False) -> torch.Tensor:
@@ -398,12 +476,21 @@ class HierarchicalKMeans:
         X = self._check_predict_input(X)
         out = torch.empty(X.shape[0], dtype=torch.long, device=self.device)
         if exact:
+            _as_float_tensor(X, self.device)  # the finiteness check that descent does on its way
             C, invalid = self.leaf_centroids, ~self.leaf_valid
             for i in range(0, X.shape[0], _CHUNK):
                 out[i : i + _CHUNK] = _nearest(X[i : i + _CHUNK], C, invalid)
             return out
-        for i in range(0, X.shape[0], 8 * _CHUNK):
-            out[i : i + 8 * _CHUNK] = self._descend(X[i : i + 8 * _CHUNK], self.depth)
+        workspace: list[torch.Tensor] = []  # one row buffer for every chunk and level
+        for i in range(0, X.shape[0], 4 * _CHUNK):
+            node = torch.zeros(min(4 * _CHUNK, X.shape[0] - i), dtype=torch.long, device=self.device)
+            try:
+                for level in range(self.depth):
+                    node = self._assign_level(X[i : i + 4 * _CHUNK], node, level, workspace=workspace)
+            except ValueError:
+                _as_float_tensor(X, self.device)  # name the first bad row of the whole X, not of the chunk
+                raise
+            out[i : i + 4 * _CHUNK] = node
         return out
 
     def fit_predict(self, X) -> torch.Tensor:
@@ -430,7 +517,8 @@ class HierarchicalKMeans:
             tensors[f"level{level}.valid"] = V.detach().cpu().to(torch.uint8).contiguous()
         save_file(tensors, str(directory / "codebook.safetensors"))
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "k": self.k, "depth": self.depth, "dim": self.dim,
-                "seed": self.seed, "n_iter": self.n_iter, "tol": self.tol, "n_leaves": self.n_leaves,
+                "seed": self.seed, "n_iter": self.n_iter, "tol": self.tol, "max_points_per_node": self.max_points_per_node,
+                "refine_leaves": self.refine_leaves, "n_leaves": self.n_leaves,
                 "n_valid_leaves": int(self.leaf_valid.sum())}
         (directory / "codebook.json").write_text(json.dumps(meta, indent=2) + "\n")
         return directory
