@@ -36,11 +36,12 @@ help:
 	@echo "make bench    benchmarks against peers, written to build/bench/results.json (QUICK=1: fast)"
 	@echo "make lab      open the course in JupyterLab"
 
-$(STAMP): pyproject.toml $(CONSTRAINTS)
+# One environment for the course, the tests and the benchmarks (a test runs the benchmarks' quick mode).
+$(STAMP): pyproject.toml $(CONSTRAINTS) Makefile
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "VideoBERT Lab needs Python >= 3.10; run make PYTHON=python3.11 ...")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=23.1"
-	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[test]"
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[test,bench]"
 	$(PY) -m pip install --quiet --no-deps $(NODEPS)
 	$(PY) -m vbert_lab env
 	touch $(STAMP)
@@ -69,7 +70,6 @@ check-notebooks: $(STAMP)
 	$(PY) -m vbert_lab check-notebooks notebooks
 
 bench: $(STAMP)
-	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[test,bench]"
 	$(PY) -m bench $(if $(QUICK),--quick) --out build/bench --readme README.md
 
 lab: $(STAMP)
