@@ -36,7 +36,7 @@ class Profile:
     pretrain_steps: int = 1000
     pretrain_batch: int = 32
     pretrain_max_len: int = 64
-    pretrain_lr: float = 2e-4
+    pretrain_lr: float = 5e-4
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -1,0 +1,113 @@
+"""vbert_lab.pretrain: the model from MiniLM, the regimes' loaders, cached runs and ``vbert-lab pretrain``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from vbert_lab import cli, pipeline, pretrain, profiles
+from vbert_lab.model import VideoBert
+from vbert_lab.profiles import Profile
+from vbert_lab.session import Session
+from vbert_lab.train import TrainConfig, read_metrics
+
+TINY = Profile(name="tiny", tinycook_videos=6, frame_size=64, extractor_epochs=1, extractor_videos=2,
+               kmeans_k=3, kmeans_depth=2, audio_kmeans_k=2, audio_kmeans_depth=2,
+               pretrain_layers=1, pretrain_steps=3, pretrain_batch=4, pretrain_max_len=32)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Session:
+    """A six-video TinyCook at 64 px with tiny codebooks and a one-layer MiniLM."""
+    return Session(profile=TINY, device="cpu", seed=0, data_dir=tmp_path_factory.mktemp("pretrain") / "tc")
+
+
+def test_model_is_minilm_cut_short_with_centroid_visual_embeddings(run):
+    settings = pretrain.default_settings(run)
+    model = pretrain.build_model(run, settings)
+    cfg = model.config
+    assert cfg.num_layers == 1 == len(model.blocks) and cfg.hidden_size == 384 and cfg.vocab_size == 30522
+    assert cfg.n_visual_tokens == 9 and cfg.n_audio_tokens == 4
+    rows = model.embeddings.word.weight[cfg.visual_offset : cfg.audio_offset].detach().double()
+    words = model.embeddings.word.weight[: cfg.vocab_size].detach().double()
+    # on the words' scale, and as far apart as the centroids (an orthonormal lift keeps distances)
+    assert rows.norm(dim=1).mean() == pytest.approx(float(words.norm(dim=1).mean()), rel=1e-4)
+    centroids = pipeline.ensure_codebook(run, "visual").leaf_centroids.double()
+    ratio = torch.cdist(rows, rows)[0, 1:] / torch.cdist(centroids, centroids)[0, 1:]
+    torch.testing.assert_close(ratio, torch.full_like(ratio, float(ratio[0])))
+    with pytest.raises(ValueError, match="keep 1..1"):
+        pretrain.truncate_layers(model, 2)
+
+
+def test_fractions_pick_nested_training_videos(run):
+    subsets = pipeline.video_subsets(run)
+    all_train = pretrain.training_videos(run, 1.0)
+    half = pretrain.training_videos(run, 0.5)
+    assert all_train == sorted(v for v, s in subsets.items() if s == "training")
+    assert set(half) <= set(all_train) and len(half) == -(-len(all_train) // 2)
+    assert len(pretrain.training_videos(run, 0.01)) == 1
+
+
+def test_loaders_give_each_regime_its_batches(run):
+    settings = pretrain.default_settings(run, regime_set="text_video")
+    model = pretrain.build_model(run, settings)
+    loaders = pretrain.pretrain_loaders(run, model.config, settings)
+    assert set(loaders) == {"text", "video", "text_video"}
+    batch = next(iter(loaders["text_video"]))
+    assert {"input_ids", "attention_mask", "mlm_labels", "alignment_labels"} <= set(batch)
+    assert batch["input_ids"].shape[1] <= 32
+    text = next(iter(loaders["text"]))
+    assert (text["input_ids"] < model.config.vocab_size).all()  # no visual token in the text regime
+
+
+def test_ensure_pretrained_trains_once_then_reuses_and_retrains_on_new_settings(run):
+    config = TrainConfig(max_steps=2, warmup_steps=1, checkpoint_every=1, keep_last=1, progress=False, lr=1e-4)
+    first = pretrain.ensure_pretrained(run, "text_video", config=config)
+    assert first.trained and first.checkpoint.name == "step-00000002"
+    records = read_metrics(first.metrics_path)
+    assert [r["step"] for r in records] == [1, 2] and all(r["loss"] > 0 for r in records)
+    again = pretrain.ensure_pretrained(run, "text_video", config=config)
+    assert not again.trained
+    for (name, a), b in zip(first.model.state_dict().items(), again.model.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+    longer = pretrain.ensure_pretrained(run, "text_video", config=TrainConfig(**{**config.to_dict(), "max_steps": 3}))
+    assert longer.trained and longer.checkpoint.name == "step-00000003"
+    text_only = pretrain.ensure_pretrained(run, "text", fraction=0.5, config=config)
+    assert text_only.out_dir.name == "text-050pct" and text_only.trained
+    assert isinstance(VideoBert.from_pretrained(text_only.checkpoint), VideoBert)
+
+
+def _write(tmp_path, payload) -> str:
+    path = tmp_path / "pretrain.json"
+    path.write_text(payload if isinstance(payload, str) else json.dumps(payload))
+    return str(path)
+
+
+@pytest.mark.parametrize("payload, names", [
+    ({"data": {"regime": "text"}}, ["data.regime"]),
+    ({"train": {"max_stepz": 3}}, ["train.max_stepz"]),
+    ({"trian": {}}, ["trian"]),
+    ({"train": {"lr": -1}}, ["lr=-1"]),
+    ({"data": {"regime_set": "audio_only"}}, ["regime_set='audio_only'"]),
+    ('{"data": {', ["not valid JSON"]),
+])
+def test_cli_bad_config_names_the_file_and_the_key(tmp_path, capsys, payload, names):
+    path = _write(tmp_path, payload)
+    assert cli.main(["pretrain", "--config", path]) == 2
+    err = capsys.readouterr().err
+    assert path in err
+    for name in names:
+        assert name in err
+
+
+def test_cli_pretrains_from_a_config_file(run, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(profiles.PROFILES, "tiny", TINY)
+    out = tmp_path / "cli-run"
+    path = _write(tmp_path, {"data": {"profile": "tiny", "seed": 0, "data_dir": str(run.data_dir), "regime_set": "video"},
+                             "train": {"max_steps": 2, "warmup_steps": 1, "progress": False}, "out": str(out)})
+    assert cli.main(["pretrain", "--config", path]) == 0
+    assert "checkpoint:" in capsys.readouterr().out
+    assert json.loads((out / "train_config.json").read_text())["max_steps"] == 2
+    assert [r["regime"] for r in read_metrics(out / "metrics.jsonl")] == ["video", "video"]

@@ -1,0 +1,373 @@
+"""Pretraining VideoBERT on TinyCook: the model, the regimes' loaders, and cached runs.
+
+Taught in ``07_videobert_pretraining``. Orchestration only: the loop is
+:func:`vbert_lab.train.train`, the examples come from
+:func:`vbert_lab.pipeline.pretraining_examples`, the model from
+:func:`vbert_lab.hf.load_bert`.
+
+- :func:`build_model`: the packaged MiniLM (all-MiniLM-L6-v2) with the joint
+  vocabulary extended by the codebooks' visual (and audio) tokens, their
+  embeddings initialised from the k-means centroids, as in the paper. The
+  profile may keep only MiniLM's first ``pretrain_layers`` layers, so that the
+  ``cpu`` profile trains in minutes (the paper used all 24 of BERT-large).
+  MiniLM ships no MLM head: the head starts untrained (see
+  :mod:`vbert_lab.evaluate` for what that means for the BERT-prior row).
+- :data:`REGIME_SETS`: which regimes a run mixes. ``"text"`` is the language
+  prior (TinyCook's narration only), ``"video"`` masked visual tokens only,
+  ``"text_video"`` is VideoBERT: text-only, video-only and text-video with
+  linguistic-visual alignment, mixed by :attr:`PretrainSettings.regime_weights`.
+- :func:`pretrain_loaders`: one :class:`~vbert_lab.train.ResumableLoader`
+  per regime over the training videos (``fraction`` of them, for the data
+  scaling study), each with its own masking :class:`~vbert_lab.sequences.Collator`.
+- :func:`ensure_pretrained`: train once, then reuse. A run lives in
+  ``<DATA_DIR>/derived/pretrain/<regime_set>-<percent>pct``; a finished
+  checkpoint made with the same settings and tokens is loaded instead of
+  trained again; an interrupted one is resumed; one made with other settings
+  is replaced.
+
+CLI: ``vbert-lab pretrain --config FILE`` with a JSON file
+``{"data": {...PretrainSettings and profile, seed, data_dir, device}, "train": {...TrainConfig}, "out": "DIR"}``
+(every key optional; see :func:`load_pretrain_config`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import warnings
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+from .model import VideoBert, VideoBertConfig
+from .train import TrainConfig, TrainResult, ResumableLoader, latest_checkpoint, train
+
+__all__ = [
+    "REGIME_SETS",
+    "PretrainSettings",
+    "Pretrained",
+    "default_settings",
+    "default_train_config",
+    "build_model",
+    "truncate_layers",
+    "training_videos",
+    "pretrain_loaders",
+    "pretrain",
+    "ensure_pretrained",
+    "load_pretrain_config",
+    "run_dir",
+]
+
+REGIME_SETS: dict[str, tuple[str, ...]] = {
+    "text": ("text",),  # the language prior: narration only
+    "video": ("video",),  # masked visual tokens only
+    "text_video": ("text", "video", "text_video"),  # VideoBERT: the three regimes, alignment on [CLS]
+}
+SETTINGS_FILE = "pretrain.json"
+
+
+@dataclass
+class PretrainSettings:
+    """What a pretraining run is trained on and how big its model is (the ``"data"`` part of a config file).
+
+    ``0`` (or ``None``) means the profile's value. Taught in ``07_videobert_pretraining``.
+    """
+
+    regime_set: str = "text_video"  # a key of REGIME_SETS
+    fraction: float = 1.0  # share of the training videos used (the data scaling study: 0.1, 0.25, 0.5, 1)
+    num_layers: int = 0  # keep MiniLM's first num_layers layers (0: the profile's pretrain_layers)
+    batch_size: int = 0  # examples per step (0: the profile's pretrain_batch)
+    max_len: int = 0  # longest sequence in tokens (0: the profile's pretrain_max_len)
+    audio: bool = False  # audio tokens after a second [>] in the video and text-video regimes
+    text_rate: float = 0.15  # masking rate of words (BERT's 15 %)
+    video_rate: float = 0.15  # masking rate of visual (and audio) tokens
+    pair_text_rate: float = 0.5  # masking rate of words in the text-video regime: more words to guess from the video
+    # the paper's noise: video tokens subsampled with a random stride 1..max_stride (the paper: 5; a TinyCook
+    # sentence spans about 3 clips, so a stride of 5 would leave one token), neighbouring sentences joined (p_join)
+    max_stride: int = 2
+    p_join: float = 0.5
+    regime_weights: dict[str, float] = field(default_factory=lambda: {"text": 1.0, "video": 1.0, "text_video": 4.0})
+
+    def __post_init__(self):
+        if self.regime_set not in REGIME_SETS:
+            raise ValueError(f"regime_set={self.regime_set!r}: choose one of {sorted(REGIME_SETS)}")
+        if not 0 < self.fraction <= 1:
+            raise ValueError(f"fraction={self.fraction} must be in (0, 1]")
+        for name in ("num_layers", "batch_size", "max_len"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0 (0: the profile's value)")
+        for name in ("text_rate", "video_rate", "pair_text_rate"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1]")
+        self.regime_weights = {k: float(v) for k, v in self.regime_weights.items()}
+
+    @property
+    def regimes(self) -> tuple[str, ...]:
+        return REGIME_SETS[self.regime_set]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Pretrained:
+    """What :func:`ensure_pretrained` returns."""
+
+    model: VideoBert
+    out_dir: Path  # the run's folder: train_config.json, metrics.jsonl, checkpoints/, pretrain.json
+    checkpoint: Path  # the checkpoint the weights come from (a VideoBert.from_pretrained folder)
+    settings: PretrainSettings
+    config: TrainConfig
+    trained: bool  # False when a finished run on disk was reused
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.out_dir / "metrics.jsonl"
+
+
+# --------------------------------------------------------------------------- sizes
+
+
+def default_settings(run, **overrides) -> PretrainSettings:
+    """:class:`PretrainSettings` with the profile's sizes filled in; ``overrides`` win."""
+    p = run.profile
+    s = PretrainSettings(**overrides)
+    return replace(s, num_layers=s.num_layers or p.pretrain_layers, batch_size=s.batch_size or p.pretrain_batch,
+                   max_len=s.max_len or p.pretrain_max_len)
+
+
+def default_train_config(run, **overrides) -> TrainConfig:
+    """The profile's :class:`~vbert_lab.train.TrainConfig` for pretraining; ``overrides`` win."""
+    p = run.profile
+    steps = int(overrides.get("max_steps", p.pretrain_steps))
+    args = dict(max_steps=steps, lr=p.pretrain_lr, warmup_steps=max(1, steps // 10), decay="cosine",
+                min_lr_ratio=0.1, weight_decay=0.01, seed=run.seed, device=run.device,
+                checkpoint_every=max(1, steps // 2), keep_last=1, log_every=1)
+    args.update(overrides)
+    return TrainConfig(**args)
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def truncate_layers(model: VideoBert, num_layers: int) -> VideoBert:
+    """Keep the first ``num_layers`` encoder layers of ``model`` (in place; returns it)."""
+    if not 1 <= num_layers <= len(model.blocks):
+        raise ValueError(f"num_layers={num_layers}: the model has {len(model.blocks)} layers; keep 1..{len(model.blocks)}")
+    model.blocks = torch.nn.ModuleList(list(model.blocks)[:num_layers])
+    model.config.num_layers = num_layers
+    return model
+
+
+def build_model(run, settings: PretrainSettings | None = None, checkpoint: str | os.PathLike | None = None) -> VideoBert:
+    """MiniLM extended with this run's visual and audio tokens, centroid-initialised, cut to ``settings.num_layers``.
+
+    ``checkpoint``: a BERT folder (default: the packaged MiniLM). Taught in
+    ``07_videobert_pretraining``.
+    """
+    from .hf import MissingHeadWarning, load_bert, minilm_path
+    from .pipeline import ensure_codebook, model_config
+
+    settings = settings or default_settings(run)
+    cfg = model_config(run, audio=True)  # audio rows always: settings.audio decides whether sequences carry them
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MissingHeadWarning)  # MiniLM has no MLM head: it starts untrained (documented)
+        model = load_bert(checkpoint or minilm_path(), n_visual_tokens=cfg.n_visual_tokens, n_audio_tokens=cfg.n_audio_tokens,
+                          type_vocab_size=cfg.type_vocab_size)
+    if settings.num_layers:
+        truncate_layers(model, settings.num_layers)
+    model.init_visual_embeddings(ensure_codebook(run, "visual").leaf_centroids.cpu())
+    model.init_audio_embeddings(ensure_codebook(run, "audio").leaf_centroids.cpu())
+    return model
+
+
+# --------------------------------------------------------------------------- data
+
+
+def training_videos(run, fraction: float = 1.0) -> list[str]:
+    """The training videos a run with ``fraction`` sees: a seeded random ``ceil(fraction * n)`` of them.
+
+    Nested: the videos of a smaller fraction are among those of a larger one.
+    """
+    from .pipeline import video_subsets
+
+    videos = sorted(v for v, s in video_subsets(run).items() if s == "training")
+    order = torch.randperm(len(videos), generator=torch.Generator().manual_seed(run.seed + 7919)).tolist()
+    n = max(1, math.ceil(fraction * len(videos) - 1e-9))
+    return sorted(videos[i] for i in order[:n])
+
+
+class _PretrainCollator:
+    """:class:`~vbert_lab.sequences.Collator` that masks at least one token per batch.
+
+    A short batch can draw no mask at 15 %; its masked-token loss would be the
+    mean of nothing (NaN), which the loop rightly refuses. Then one maskable
+    token, drawn from the same seeded generator, becomes ``[MASK]``.
+    """
+
+    def __init__(self, config: VideoBertConfig, **kw):
+        from .sequences import Collator
+
+        self.inner = Collator(config, mask=True, **kw)
+        self.config = config
+
+    @property
+    def generator(self) -> torch.Generator:  # re-seeded by ResumableLoader before each batch
+        return self.inner.generator
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        from .model import IGNORE_INDEX
+
+        batch = self.inner(examples)
+        labels = batch["mlm_labels"]
+        if (labels == IGNORE_INDEX).all():
+            cfg = self.config
+            special = torch.tensor([cfg.pad_token_id, cfg.cls_token_id, cfg.sep_token_id, cfg.mask_token_id,
+                                    *(cfg.special_token_id(t) for t in cfg.special_tokens)])
+            maskable = (~torch.isin(batch["input_ids"], special)).nonzero()
+            if len(maskable):
+                b, t = maskable[int(torch.randint(len(maskable), (1,), generator=self.generator))].tolist()
+                labels[b, t] = batch["input_ids"][b, t]
+                batch["input_ids"][b, t] = cfg.mask_token_id
+        return batch
+
+
+def pretrain_loaders(run, config: VideoBertConfig, settings: PretrainSettings, seed: int | None = None) -> dict[str, ResumableLoader]:
+    """One :class:`~vbert_lab.train.ResumableLoader` per regime of ``settings.regime_set``, over the chosen training videos.
+
+    Taught in ``07_videobert_pretraining``.
+    """
+    from .pipeline import pretraining_examples
+
+    seed = run.seed if seed is None else seed
+    examples = pretraining_examples(run, "training", config=config, seed=seed, audio=settings.audio,
+                                    max_len=settings.max_len or None, max_stride=settings.max_stride, p_join=settings.p_join)
+    keep = set(training_videos(run, settings.fraction))
+    loaders = {}
+    for i, regime in enumerate(settings.regimes):
+        rows = [e for e in examples[regime] if e["video_id"] in keep]
+        if not rows:
+            raise ValueError(f"regime {regime!r}: no examples in {len(keep)} training video(s) (fraction={settings.fraction})")
+        text_rate = settings.pair_text_rate if regime == "text_video" else settings.text_rate
+        collate = _PretrainCollator(config, text_rate=text_rate, video_rate=settings.video_rate,
+                                    audio_rate=settings.video_rate, seed=seed + i)
+        loaders[regime] = ResumableLoader(rows, min(settings.batch_size, len(rows)), collate, seed=seed + 100 + i)
+    return loaders
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def run_dir(run, regime_set: str = "text_video", fraction: float = 1.0) -> Path:
+    """``<DATA_DIR>/derived/pretrain/<regime_set>-<percent>pct``."""
+    return run.stage_dir("pretrain") / f"{regime_set}-{round(fraction * 100):03d}pct"
+
+
+def _fingerprint(run, settings: PretrainSettings, config: TrainConfig) -> dict:
+    from .pipeline import ensure_tokens
+
+    tokens = json.loads((ensure_tokens(run) / "tokens.json").read_text()).get("fingerprint")
+    train = {k: v for k, v in config.to_dict().items() if k not in ("resume", "progress", "device", "log_every", "eval_every")}
+    return {"settings": settings.to_dict(), "train": train, "tokens": tokens, "profile": run.profile.name, "seed": run.seed}
+
+
+def pretrain(run, settings: PretrainSettings, config: TrainConfig, out_dir: str | os.PathLike,
+             evaluate: Callable[[torch.nn.Module], Mapping[str, float]] | None = None) -> tuple[VideoBert, TrainResult]:
+    """Build the model and its loaders and run :func:`vbert_lab.train.train` into ``out_dir``.
+
+    Taught in ``07_videobert_pretraining``.
+    """
+    model = build_model(run, settings)
+    loaders = pretrain_loaders(run, model.config, settings, seed=config.seed)
+    weights = {r: settings.regime_weights.get(r, 1.0) for r in loaders}
+    config = replace(config, regime_weights=weights) if not config.regime_weights else config
+    result = train(model, loaders, config, out_dir, evaluate=evaluate)
+    return model.eval(), result
+
+
+def ensure_pretrained(run, regime_set: str = "text_video", fraction: float = 1.0, settings: PretrainSettings | None = None,
+                      config: TrainConfig | None = None, evaluate: Callable | None = None, force: bool = False,
+                      progress: bool = True) -> Pretrained:
+    """A pretrained VideoBERT for ``regime_set`` on ``fraction`` of the training videos: loaded if done, else trained.
+
+    The run's folder (:func:`run_dir`) keeps ``pretrain.json``: the settings,
+    the training config and the token files' fingerprint. A finished run with
+    the same ``pretrain.json`` is reused; an unfinished one is resumed from its
+    last checkpoint; a different one (or ``force``) is deleted and trained
+    afresh. Taught in ``07_videobert_pretraining``.
+    """
+    settings = settings or default_settings(run, regime_set=regime_set, fraction=fraction)
+    config = config or default_train_config(run, progress=progress)
+    weights = {r: settings.regime_weights.get(r, 1.0) for r in settings.regimes}
+    if not config.regime_weights:
+        config = replace(config, regime_weights=weights)
+    out_dir = run_dir(run, settings.regime_set, settings.fraction)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = json.loads(json.dumps(_fingerprint(run, settings, config)))  # as it reads back from disk
+    stamp_path = out_dir / SETTINGS_FILE
+    saved = json.loads(stamp_path.read_text()) if stamp_path.is_file() else None
+    if force or (saved is not None and saved != stamp) or (saved is None and any(out_dir.iterdir())):
+        shutil.rmtree(out_dir)
+        out_dir.mkdir(parents=True)
+    last = latest_checkpoint(out_dir)
+    done = last is not None and int(last.name.split("-")[1]) >= config.max_steps
+    if done:
+        model = VideoBert.from_pretrained(last, map_location=run.device).eval()
+        return Pretrained(model, out_dir, last, settings, config, trained=False)
+    stamp_path.write_text(json.dumps(stamp, indent=2) + "\n")
+    model, result = pretrain(run, settings, replace(config, resume=True), out_dir, evaluate=evaluate)
+    return Pretrained(model, out_dir, result.checkpoint, settings, config, trained=True)
+
+
+# --------------------------------------------------------------------------- the config file
+
+_DATA_KEYS = {"profile", "seed", "data_dir", "device"}
+
+
+def load_pretrain_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Read ``vbert-lab pretrain --config FILE``: ``{"data": {...}, "train": {...}, "out": "DIR"}``.
+
+    ``data``: ``profile``, ``seed``, ``data_dir``, ``device`` and any
+    :class:`PretrainSettings` field; ``train``: any
+    :class:`~vbert_lab.train.TrainConfig` field (unset ones: the profile's);
+    ``out``: the run folder (default: :func:`run_dir`). An unknown key or a bad
+    value raises ``ValueError`` naming the file and the key. Returns
+    ``{"run", "settings", "train": dict, "out"}``.
+    """
+    import vbert_lab
+
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such pretraining config file") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a pretraining config is a JSON object with keys 'data', 'train', 'out'; got {type(raw).__name__}")
+    unknown = sorted(set(raw) - {"data", "train", "out"})
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {unknown}; a pretraining config has 'data', 'train' and 'out'")
+    data, train_d = raw.get("data", {}), raw.get("train", {})
+    for key, value in (("data", data), ("train", train_d)):
+        if not isinstance(value, dict):
+            raise ValueError(f"{path}: key {key!r} should be a JSON object, got {type(value).__name__}")
+    setting_names = {f.name for f in fields(PretrainSettings)}
+    unknown = sorted(set(data) - setting_names - _DATA_KEYS)
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) data.{', data.'.join(unknown)}; known: {sorted(setting_names | _DATA_KEYS)}")
+    train_names = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(train_d) - train_names)
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) train.{', train.'.join(unknown)}; known: {sorted(train_names)}")
+    try:
+        run = vbert_lab.setup(data.get("profile", ""), data.get("device", ""), data.get("data_dir", ""), data.get("seed", 0))
+        settings = default_settings(run, **{k: v for k, v in data.items() if k in setting_names})
+        TrainConfig(**train_d)  # validate now, with the file's name in the message
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: {err}") from None
+    return {"run": run, "settings": settings, "train": train_d, "out": raw.get("out")}
