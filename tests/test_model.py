@@ -177,3 +177,27 @@ def test_from_pretrained_errors(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "vocab_size": 10}))
     with pytest.raises(ValueError, match="load_bert"):
         VideoBert.from_pretrained(tmp_path)
+
+
+def test_mean_pooling_reads_the_non_padding_states_only():
+    torch.manual_seed(0)
+    cls_model = VideoBert(tiny_config(num_labels=3)).eval()
+    mean_model = VideoBert(tiny_config(num_labels=3, pooling="mean")).eval()
+    mean_model.load_state_dict(cls_model.state_dict())  # same weights: only what the pooler reads differs
+    cfg = cls_model.config
+    ids = torch.randint(1, cfg.joint_vocab_size, (2, 10))
+    am = torch.ones(2, 10, dtype=torch.long)
+    am[1, 7:] = 0
+    out = mean_model(ids, am)
+    h = mean_model.encode(ids, am)
+    by_hand = torch.tanh(mean_model.pooler.dense(torch.stack([h[0].mean(0), h[1, :7].mean(0)])))
+    assert_close(out.alignment_logits, mean_model.alignment_head(by_hand))
+    assert_close(out.logits, mean_model.classifier(by_hand))
+    ids2 = ids.clone()
+    ids2[1, 7:] = torch.randint(1, cfg.joint_vocab_size, (3,))  # padding changes nothing
+    assert_close(mean_model(ids2, am).logits[1], out.logits[1])
+    assert_close(mean_model(ids[1:, :7]).logits, out.logits[1:], atol=1e-6, rtol=1e-5)  # padding == truncation
+    assert_close(cls_model(ids, am).logits, cls_model.classifier(torch.tanh(cls_model.pooler.dense(h[:, 0]))))
+    assert not torch.allclose(cls_model(ids, am).logits, out.logits)
+    with pytest.raises(ValueError, match="pooling='max'"):
+        tiny_config(pooling="max")

@@ -268,6 +268,7 @@ def load_bert(
     attention_dropout: float | None = None,
     num_labels: int = 0,
     num_token_labels: int = 0,
+    pooling: str = "cls",
 ) -> VideoBert:
     """A :class:`VideoBert` initialised from a Hugging Face BERT checkpoint.
 
@@ -295,6 +296,7 @@ def load_bert(
         attention_dropout=attention_dropout,
         num_labels=num_labels,
         num_token_labels=num_token_labels,
+        pooling=pooling,
     )
     model = VideoBert(cfg)
     missing = load_bert_weights(model, _read_weights(folder), str(folder))

@@ -48,6 +48,7 @@ TEXT, VIDEO, AUDIO = 0, 1, 2  # token type ids: one per modality
 FORMAT = "vbert_lab.videobert"  # the "model_type" written by save_pretrained
 FORMAT_VERSION = 1
 IGNORE_INDEX = -100  # label of positions that are not predicted (as in transformers)
+POOLINGS = ("cls", "mean")  # what the pooled output reads (VideoBertConfig.pooling)
 
 
 def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
@@ -105,6 +106,9 @@ class VideoBertConfig:
     # task heads beyond pretraining (0 = no head)
     num_labels: int = 0  # sequence classification on the pooled [CLS]
     num_token_labels: int = 0  # token classification
+    # what the alignment and classification heads read: "cls" (BERT and the paper: the [CLS] state) or
+    # "mean" (the mean over the non-padding positions; all-MiniLM-L6-v2 was trained with mean pooling)
+    pooling: str = "cls"
 
     def __post_init__(self):
         self.special_tokens = tuple(self.special_tokens)
@@ -120,6 +124,8 @@ class VideoBertConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
         if len(set(self.special_tokens)) != len(self.special_tokens):
             raise ValueError(f"special_tokens {self.special_tokens} has duplicates")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling={self.pooling!r}: choose one of {', '.join(POOLINGS)}")
 
     # ---- the id layout
     @property
@@ -262,14 +268,28 @@ class MaskedTokenHead(nn.Module):
 
 
 class Pooler(nn.Module):
-    """``tanh(W h_[CLS] + b)``: BERT's pooled output, used by the alignment and classification heads."""
+    """``tanh(W h + b)``: BERT's pooled output, used by the alignment and classification heads.
+
+    ``h`` is the ``[CLS]`` state (``pooling="cls"``, BERT's and the paper's
+    choice) or the mean of the states at the non-padding positions
+    (``pooling="mean"``).
+    """
 
     def __init__(self, cfg: VideoBertConfig):
         super().__init__()
+        self.pooling = cfg.pooling
         self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.dense(hidden[:, 0]))  # (B, H)
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.pooling == "mean":
+            if attention_mask is None:
+                h = hidden.mean(1)
+            else:
+                w = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
+                h = (hidden * w).sum(1) / w.sum(1).clamp_min(1.0)
+        else:
+            h = hidden[:, 0]
+        return torch.tanh(self.dense(h))  # (B, H)
 
 
 # --------------------------------------------------------------------------- the model
@@ -428,7 +448,7 @@ class VideoBert(nn.Module):
             where = mlm_labels != IGNORE_INDEX  # (B, T)
             out.masked_logits = self.masked_logits(hidden, where)  # (M, V)
             out.losses["masked_tokens"] = F.cross_entropy(out.masked_logits, mlm_labels[where])
-        pooled = self.pooler(hidden)  # (B, H)
+        pooled = self.pooler(hidden, attention_mask)  # (B, H)
         out.alignment_logits = self.alignment_head(pooled)  # (B, 2)
         if alignment_labels is not None:
             out.losses["alignment"] = F.cross_entropy(out.alignment_logits, alignment_labels.long())

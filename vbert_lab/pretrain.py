@@ -90,6 +90,8 @@ class PretrainSettings:
     # sentence spans about 3 clips, so a stride of 5 would leave one token), neighbouring sentences joined (p_join)
     max_stride: int = 2
     p_join: float = 0.5
+    # what the alignment head reads: "cls" (the paper) or "mean" (see VideoBertConfig.pooling)
+    pooling: str = "cls"
     regime_weights: dict[str, float] = field(default_factory=lambda: {"text": 1.0, "video": 1.0, "text_video": 4.0})
 
     def __post_init__(self):
@@ -177,7 +179,7 @@ def build_model(run, settings: PretrainSettings | None = None, checkpoint: str |
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MissingHeadWarning)  # MiniLM has no MLM head: it starts untrained (documented)
         model = load_bert(checkpoint or minilm_path(), n_visual_tokens=cfg.n_visual_tokens, n_audio_tokens=cfg.n_audio_tokens,
-                          type_vocab_size=cfg.type_vocab_size)
+                          type_vocab_size=cfg.type_vocab_size, pooling=settings.pooling)
     if settings.num_layers:
         truncate_layers(model, settings.num_layers)
     model.init_visual_embeddings(ensure_codebook(run, "visual").leaf_centroids.cpu())

@@ -1,0 +1,105 @@
+"""Issue #7: which pretraining settings make the paper's cross-modal claims appear on TinyCook?
+
+For each data folder (a TinyCook run whose ``derived/codebook`` and
+``derived/tokens`` exist) and each setting: pretrain VideoBERT (text-video
+regimes) and, once per (steps, lr), the text-only language prior; then
+measure held-out alignment accuracy and zero-shot verb/noun top-1/top-5 of
+both. Rows go to ``$OUT/pretrain_sweep.json`` as they finish.
+
+    OUT=build/studies python -m bench.studies.pretrain_sweep data/tinycook-cpu-s0 data/tinycook-cpu-s1
+
+The folders need only the JSON files and ``derived/{codebook,tokens}`` (no
+videos): the codebook and token stages are read as they are, so the study can
+run on a machine the videos were not copied to. ``DEVICE`` (default cuda),
+``SCALE`` (multiplies every step count, for a smoke run) and ``BUDGET``
+(seconds; later settings are skipped once it is spent) are read from the
+environment. Results of 2026-11-26 on an H100: ``pretrain_sweep_h100.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import vbert_lab
+from vbert_lab import evaluate, pipeline, pretrain
+from vbert_lab.kmeans import HierarchicalKMeans
+from vbert_lab.text import load_wordpiece
+
+TV8 = {"text": 1.0, "video": 1.0, "text_video": 8.0}
+TV16 = {"text": 1.0, "video": 1.0, "text_video": 16.0}
+# (name, steps, settings): lr, num_layers and the PretrainSettings fields
+SETTINGS = [
+    ("base300", 300, {}),
+    ("mean300", 300, {"pooling": "mean"}),
+    ("mean1000", 1000, {"pooling": "mean"}),
+    ("cls1000", 1000, {}),
+    ("mean300-lr1e-3", 300, {"pooling": "mean", "lr": 1e-3}),
+    ("mean1000-tv8", 1000, {"pooling": "mean", "regime_weights": TV8}),
+    ("mean1000-pt015", 1000, {"pooling": "mean", "pair_text_rate": 0.15}),
+    ("mean3000", 3000, {"pooling": "mean"}),
+    ("tv8-lr1e-3-300", 300, {"pooling": "mean", "lr": 1e-3, "regime_weights": TV8}),
+    ("tv8-lr2e-3-300", 300, {"pooling": "mean", "lr": 2e-3, "regime_weights": TV8}),
+    ("tv16-lr1e-3-300", 300, {"pooling": "mean", "lr": 1e-3, "regime_weights": TV16}),
+    ("tv8-lr1e-3-300-cls", 300, {"lr": 1e-3, "regime_weights": TV8}),
+    ("tv8-lr1e-3-300-pt03", 300, {"pooling": "mean", "lr": 1e-3, "regime_weights": TV8, "pair_text_rate": 0.3}),
+    ("tv8-lr1e-3-600", 600, {"pooling": "mean", "lr": 1e-3, "regime_weights": TV8}),
+    ("tv8-1000", 1000, {"pooling": "mean", "regime_weights": TV8}),
+]
+
+
+def _use_saved_stages() -> None:
+    """Read the codebooks and token files as they are on disk (they were made, with the videos, elsewhere)."""
+    pipeline.ensure_codebook = lambda run, modality="visual", **kw: HierarchicalKMeans.load(
+        run.stage_dir("codebook") / modality, device="cpu")
+    pipeline.ensure_tokens = lambda run, **kw: run.stage_dir("tokens")
+
+
+def main(data_dirs: list[str]) -> list[dict]:
+    out = Path(os.environ.get("OUT", "build/studies"))
+    out.mkdir(parents=True, exist_ok=True)
+    device, scale = os.environ.get("DEVICE", "cuda"), float(os.environ.get("SCALE", "1"))
+    budget, t0 = float(os.environ.get("BUDGET", "inf")), time.time()
+    _use_saved_stages()
+    tokenizer = load_wordpiece()
+    rows, priors = [], {}
+    for name, full_steps, setting in SETTINGS:
+        for data_dir in data_dirs:
+            if time.time() - t0 > budget:
+                print(f"skipped {name} on {data_dir}: budget spent", flush=True)
+                continue
+            kw = dict(setting)
+            steps = max(2, int(full_steps * scale))
+            run = vbert_lab.setup("cpu", device, data_dir, 0)
+            run._data_ready = True  # the JSON files are there; no videos needed
+            heldout = evaluate.heldout_segments(run)
+            lr, layers = kw.pop("lr", run.profile.pretrain_lr), kw.pop("num_layers", 0)
+            config = pretrain.default_train_config(run, max_steps=steps, lr=lr, progress=False, checkpoint_every=steps)
+            folder = out / "runs" / f"{Path(data_dir).name}-{name}"
+            started = time.time()
+            settings = pretrain.default_settings(run, regime_set="text_video", num_layers=layers, **kw)
+            model, _ = pretrain.pretrain(run, settings, config, folder)
+            seconds = time.time() - started
+            key = (data_dir, steps, lr, layers)
+            if key not in priors:
+                text = pretrain.default_settings(run, regime_set="text", num_layers=layers)
+                prior_model, _ = pretrain.pretrain(run, text, config, Path(f"{folder}-text"))
+                priors[key] = evaluate.zero_shot_accuracy(prior_model, tokenizer, heldout, use_video=False)
+            cross = evaluate.zero_shot_accuracy(model, tokenizer, heldout, use_video=True)
+            align = evaluate.alignment_accuracy(model, evaluate.alignment_examples(model.config, heldout, seed=0, tokenizer=tokenizer))
+            prior = priors[key]
+            row = dict(data=Path(data_dir).name, name=name, steps=steps, lr=lr, seconds=round(seconds, 1), align=round(align, 3),
+                       cross_v=round(cross["verb_top1"], 3), cross_n=round(cross["noun_top1"], 3),
+                       prior_v=round(prior["verb_top1"], 3), prior_n=round(prior["noun_top1"], 3),
+                       cross_v5=round(cross["verb_top5"], 3), prior_v5=round(prior["verb_top5"], 3))
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            (out / "pretrain_sweep.json").write_text(json.dumps(rows, indent=1) + "\n")
+    return rows
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
