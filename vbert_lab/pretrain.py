@@ -44,7 +44,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from .model import VideoBert, VideoBertConfig
-from .train import TrainConfig, TrainResult, ResumableLoader, latest_checkpoint, train
+from .train import ResumableLoader, TrainConfig, TrainResult, latest_checkpoint, read_json_object, train
 
 __all__ = [
     "REGIME_SETS",
@@ -343,14 +343,7 @@ def load_pretrain_config(path: str | os.PathLike) -> dict[str, Any]:
     import vbert_lab
 
     path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such pretraining config file") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: a pretraining config is a JSON object with keys 'data', 'train', 'out'; got {type(raw).__name__}")
+    raw = read_json_object(path, "pretraining config", "a pretraining config is a JSON object with keys 'data', 'train', 'out'")
     unknown = sorted(set(raw) - {"data", "train", "out"})
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {unknown}; a pretraining config has 'data', 'train' and 'out'")

@@ -80,6 +80,7 @@ __all__ = [
     "param_groups",
     "NonFiniteLossError",
     "latest_checkpoint",
+    "read_json_object",
     "list_checkpoints",
     "train",
     "read_metrics",
@@ -96,6 +97,20 @@ CHECKPOINT_FORMAT = "vbert_lab.train_checkpoint"
 
 
 # --------------------------------------------------------------------------- config
+
+
+def read_json_object(path: str | os.PathLike, what: str, shape: str) -> dict:
+    """The JSON object in the config file ``path``; errors name the file, the ``what`` and the expected ``shape``."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such {what} file") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); {shape}") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: {shape}; got {type(d).__name__}")
+    return d
 
 
 @dataclass
@@ -172,15 +187,7 @@ class TrainConfig:
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "TrainConfig":
         """Read a config written by :meth:`to_json` (or by hand: any subset of the fields)."""
-        path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: no such training config file") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e}); a training config is a JSON object of TrainConfig fields") from None
-        if not isinstance(d, dict):
-            raise ValueError(f"{path}: a training config is a JSON object of TrainConfig fields, got {type(d).__name__}")
+        d = read_json_object(path, "training config", "a training config is a JSON object of TrainConfig fields")
         return cls.from_dict(d, source=str(path))
 
     def to_json(self, path: str | os.PathLike) -> Path:
