@@ -437,6 +437,7 @@ class _ClipStream(torch.utils.data.IterableDataset):
                     if len(batch) == self.batch_size:
                         yield self._batch(index, batch, starts)
                         batch, starts = [], []
+                        _trim_heap()  # the freed frames of this batch back to the system, not kept for the next
                 if batch:
                     yield self._batch(index, batch, starts)
             audio = _audio_features(path, times) if self.audio and times else None
@@ -494,7 +495,14 @@ def _keep_heap_flat() -> None:
 
 
 def _trim_heap() -> None:
-    """Hand freed heap memory back to the system (glibc ``malloc_trim``); called after each video."""
+    """Hand freed heap memory back to the system (glibc ``malloc_trim``).
+
+    Called after each batch, in the decoding worker and in the extracting
+    process: the small blocks of a batch (per-frame arrays, tensor metadata)
+    otherwise stay in the heap until the video ends, so the peak grew with the
+    video's length (``extract_memory.growth`` 0.124 with a trim per video,
+    0.075 with one per batch, on the 2-core machine; audio 0.077 -> 0.020).
+    """
     import ctypes
     import ctypes.util
 
@@ -842,6 +850,8 @@ def extract(
             if item["kind"] == "clips":
                 clips = item["frames"].to(dev, non_blocking=True)
                 pending.setdefault(index, []).append(model.embed(clips).float().cpu())
+                del item, clips
+                _trim_heap()  # this batch's frames and activations back to the system before the next arrives
                 continue
             feats = pending.pop(index, [])
             if item["kind"] == "failed":
