@@ -200,6 +200,23 @@ def test_iter_clips_cuts_the_papers_clips(media, backend):
 
 
 @pytest.mark.parametrize("backend", [b for b in ("decord", "pyav") if b in video.available_backends()])
+def test_iter_clips_upsampling_repeats_frames_across_clips(tmp_path, backend):
+    """At 20 fps from a 12 fps file a source frame can end one clip and start the next: both get it."""
+    path = video.write_video(tmp_path / "slow.mp4", numbered_frames(36, size=64), fps=12)  # 3 s
+    whole = video.read_frames(path, fps=20, backend=backend)
+    clips = list(video.iter_clips(path, fps=20, clip_frames=7, backend=backend))
+    assert len(clips) == 60 // 7
+    for clip in clips:
+        np.testing.assert_array_equal(clip.frames, whole[clip.index * 7:(clip.index + 1) * 7])
+    pyav = video.read_frames(path, fps=20, backend="pyav")
+    assert np.abs(whole.astype(int) - pyav.astype(int)).mean() < 2  # the same frames whatever the backend
+    seen = np.concatenate([frame_numbers(c.frames) for c in clips]).tolist()
+    boundaries = [seen[7 * i - 1] == seen[7 * i] for i in range(1, len(clips))]
+    assert any(boundaries)  # a frame repeated across a clip boundary...
+    assert seen == sorted(seen) and set(seen) == set(range(seen[-1] + 1))  # ...in order, no source frame skipped
+
+
+@pytest.mark.parametrize("backend", [b for b in ("decord", "pyav") if b in video.available_backends()])
 def test_iter_clips_memory_is_flat_in_video_length(tmp_path, backend):
     """Peak Python/numpy memory while streaming clips of a 4 s and a 24 s video stays the same."""
     peaks = {}

@@ -333,6 +333,29 @@ def _decord_frames(vr, indices: np.ndarray, timeout_s: float, frame_bytes: int) 
             pos += 1
 
 
+def _decord_blocks(vr, indices: np.ndarray, timeout_s: float, block: int) -> Iterator[np.ndarray]:
+    """Frames at ``indices`` (sorted, possibly repeated) as arrays of ``block`` frames, one decord call each.
+
+    With no repeated index in a block, the array decord returns *is* the block
+    (no copy: this is how :meth:`VideoReader.iter_clips` gets a clip). A frame
+    repeated across two blocks (upsampling) is reused, never decoded again.
+    """
+    last_index, last_frame = None, None
+    for lo in range(0, len(indices), block):
+        part = indices[lo:lo + block]
+        unique, inverse = np.unique(part, return_inverse=True)
+        reuse = last_index is not None and unique[0] == last_index
+        need = unique[1:] if reuse else unique
+        if len(need):
+            batch = _guarded(lambda: vr.get_batch(need.tolist()).asnumpy(), timeout_s, f"frames {need[0]}..{need[-1]}")
+            if reuse:
+                batch = np.concatenate([last_frame[None], batch])
+        else:
+            batch = last_frame[None]
+        last_index, last_frame = unique[-1], batch[-1]
+        yield batch if len(unique) == len(part) else batch[inverse]
+
+
 def _pyav_frames(path: Path, ticks: np.ndarray, hw: tuple[int, int] | None) -> Iterator[np.ndarray]:
     """For each tick (sorted), the frame on screen then, decoding forward once (streaming)."""
     import av
@@ -503,6 +526,32 @@ class VideoReader:
             return
         yield from _pyav_frames(self.path, ticks[done:], hw)
 
+    def _blocks(self, ticks: np.ndarray, idx: np.ndarray, hw, size: int) -> Iterator[np.ndarray]:
+        """The frames of :meth:`_frames` as ``(size, H, W, C)`` arrays (the last may be shorter)."""
+        done = 0
+        if self.backend == "decord":
+            vr = self._decord_reader(hw)
+            if vr is not None:
+                try:
+                    for block in _decord_blocks(vr, idx, self.timeout_s, size):
+                        yield block
+                        done += len(block)
+                    return
+                except _DecordFailed as err:
+                    self._fall_back(str(err))
+        if self.backend == "torchcodec":  # pragma: no cover - not installed in CI
+            frames = _torchcodec_frames(self.path, idx, hw)
+        else:
+            frames = _pyav_frames(self.path, ticks[done:], hw)
+        buffer: list[np.ndarray] = []
+        for frame in frames:
+            buffer.append(frame)
+            if len(buffer) == size:
+                yield np.stack(buffer)
+                buffer = []
+        if buffer:
+            yield np.stack(buffer)
+
     def read(self, fps: float | None = None, size: int | tuple[int, int] | None = None, start: float | None = None,
              end: float | None = None, max_bytes: int = MAX_READ_BYTES) -> np.ndarray:
         """Frames in ``[start, end)`` seconds as uint8 ``(T, H, W, C)``; see :func:`read_frames`."""
@@ -541,16 +590,11 @@ class VideoReader:
         ticks, idx = self.ticks(fps, start, end)
         n_clips = len(ticks) // clip_frames if drop_last else -(-len(ticks) // clip_frames)
         ticks, idx = ticks[: n_clips * clip_frames], idx[: n_clips * clip_frames]
-        buffer: list[np.ndarray] = []
-        clip = 0
-        for frame in self._frames(ticks, idx, hw):
-            buffer.append(frame)
-            last = (clip + 1) * clip_frames >= len(ticks)
-            if len(buffer) == clip_frames or (last and len(buffer) == len(ticks) - clip * clip_frames):
-                t0 = float(ticks[clip * clip_frames])
-                yield Clip(index=clip, start_s=t0, end_s=t0 + len(buffer) / fps, frames=np.stack(buffer))
-                buffer = []
-                clip += 1
+        for clip, frames in enumerate(self._blocks(ticks, idx, hw, clip_frames)):
+            if len(frames) < min(clip_frames, len(ticks) - clip * clip_frames):
+                return  # the file ended before its index said: no partial clip
+            t0 = float(ticks[clip * clip_frames])
+            yield Clip(index=clip, start_s=t0, end_s=t0 + len(frames) / fps, frames=frames)
 
 
 # --------------------------------------------------------------------------- functions
