@@ -44,8 +44,12 @@ better for us):
 Timing: warm-up then the median of ``reps`` via ``bench.common.median_seconds``;
 in full mode the multi-second fits run once each without warm-up (documented
 exception; the fitted models are the ones measured), assignment is timed with
-warm-up and 5 reps, ours and faiss alternating rep by rep so that a busy
-shared machine slows both alike.
+warm-up and 5 reps, ours and faiss alternating rep by rep. A busy shared
+machine does not slow both alike, though: faiss's multi-threaded search
+slows most when other jobs compete for the cores (3.2 s quiet, 10-13 s at a
+load average of 6-7 on 2 cores), our ``predict`` (worker threads of one
+intra-op thread each) much less, so ``kmeans.assign_ratio_vs_faiss`` reads
+high on a busy machine: quote it from a quiet run (``uptime``).
 ``python -m bench.kmeans [--quick] [--device cuda]`` prints the JSON.
 """
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -263,3 +266,187 @@ def test_non_finite_features_at_predict_are_a_clear_error(tree, bad):
     for exact in (False, True):
         with pytest.raises(ValueError, match="NaN or inf.*row 33"):
             tree.predict(X, exact=exact)
+
+
+# --------------------------------------------------------------------------- the blocked descent of predict
+
+
+def _reference_tiled_level(km, X, node, level):
+    """The tiled descent ``predict`` used before the cache-blocked one (kept verbatim as the reference).
+
+    Rows copied once per level, grouped by node into tiles of T rows, one
+    ``baddbmm`` of every tile against its node's k children.
+    """
+    C, V = km.centroids[level], km.valid[level]
+    if level == 0:
+        c_sq = (C[0] * C[0]).sum(1).masked_fill(~V[0], float("inf"))
+        return torch.addmm(c_sq[None, :], X, C[0].T, alpha=-2.0).min(1)[1]
+    N, D, n_nodes = X.shape[0], X.shape[1], C.shape[0]
+    counts = torch.bincount(node, minlength=n_nodes)
+    T = int(min(256, max(16, 2 ** int(math.log2(max(1, N // max(1, int((counts > 0).sum()))))))))
+    tiles = (counts + T - 1) // T
+    first_tile = torch.cumsum(tiles, 0) - tiles
+    order = torch.argsort(node)
+    sorted_node = node[order]
+    rank = torch.arange(N) - (torch.cumsum(counts, 0) - counts)[sorted_node]
+    slot = torch.empty_like(node)
+    slot[order] = first_tile[sorted_node] * T + rank
+    n_tiles = int(tiles.sum())
+    buf = torch.zeros(n_tiles * T, D)
+    buf.index_copy_(0, slot, X)
+    tile_node = torch.repeat_interleave(torch.arange(n_nodes), tiles)
+    c_sq = (C * C).sum(2).masked_fill(~V, float("inf"))
+    d = torch.baddbmm(c_sq[tile_node][:, None, :], buf.view(n_tiles, T, D), C[tile_node].transpose(1, 2), alpha=-2.0)
+    return node * km.k + d.argmin(2).view(-1)[slot]
+
+
+def reference_tiled_predict(km, X):
+    X = torch.as_tensor(X, dtype=torch.float32)
+    out = torch.empty(X.shape[0], dtype=torch.long)
+    for i in range(0, X.shape[0], 65536):
+        node = torch.zeros(min(65536, X.shape[0] - i), dtype=torch.long)
+        for level in range(km.depth):
+            node = _reference_tiled_level(km, X[i : i + 65536], node, level)
+        out[i : i + 65536] = node
+    return out
+
+
+def brute_force_path(km, X):
+    """The argmin along the path in float64, one row at a time in spirit: (N, k, D) centroids per level."""
+    X = torch.as_tensor(X, dtype=torch.float64)
+    node = torch.zeros(X.shape[0], dtype=torch.long)
+    for level in range(km.depth):
+        C = km.centroids[level].double()[node]  # (N, k, D)
+        d = ((X[:, None, :] - C) ** 2).sum(-1).masked_fill(~km.valid[level][node], float("inf"))
+        node = node * km.k + d.argmin(1)
+    return node
+
+
+def assert_same_leaves_up_to_float_ties(km, X, got, want, rtol=1e-5, max_ties=0.002):
+    """``got == want``, except rows whose paths first part at a near-tie: two valid siblings at equal float64 distance."""
+    X = torch.as_tensor(X, dtype=torch.float64)
+    assert got.shape == want.shape and got.dtype == torch.long
+    assert bool(km.leaf_valid[got].all())
+    bad = (got != want).nonzero().flatten()
+    if bad.numel() == 0:
+        return
+    x, pg, pw = X[bad], km.path(got[bad]), km.path(want[bad])
+    level = (pg != pw).int().argmax(1)  # first differing level
+    parent = torch.zeros(bad.numel(), dtype=torch.long)
+    for lv in range(km.depth):
+        here = level == lv
+        idx = here.nonzero().flatten()
+        for dig in (pg, pw):
+            assert bool(km.valid[lv][parent[idx], dig[idx, lv]].all())
+        cg = km.centroids[lv].double()[parent[idx], pg[idx, lv]]
+        cw = km.centroids[lv].double()[parent[idx], pw[idx, lv]]
+        dg, dw = ((x[idx] - cg) ** 2).sum(1), ((x[idx] - cw) ** 2).sum(1)
+        scale = (x[idx] ** 2).sum(1) + (cg**2).sum(1) + (cw**2).sum(1)
+        assert bool(((dg - dw).abs() <= rtol * scale).all()), f"rows {bad[idx].tolist()} differ at level {lv}, not a near-tie"
+        parent = torch.where(here, parent, parent * km.k + pg[:, lv])
+    assert bad.numel() <= max(3, max_ties * len(got)), f"{bad.numel()} rows at near-ties: too many"
+
+
+def _uneven_tree():
+    X = np.concatenate([mixture(2500, 8, 30, seed=7), mixture(60, 8, 3, seed=8) * 5])
+    return HierarchicalKMeans(k=3, depth=4, seed=1).fit(X), X
+
+
+def _few_points_tree():
+    rng = np.random.default_rng(0)
+    groups = [np.full((10, 4), v, np.float32) for v in (0.0, 10.0, 20.0)] + [np.full((1, 4), 30.0, np.float32)]
+    X = np.concatenate(groups) + rng.normal(scale=1e-3, size=(31, 4)).astype(np.float32)
+    km = HierarchicalKMeans(k=4, depth=2, seed=0).fit(X)
+    probe = np.concatenate([X, rng.normal(scale=15.0, size=(400, 4)).astype(np.float32)])
+    return km, probe
+
+
+def _k12_random_tree():
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(6000, 48)).astype(np.float32)  # unstructured: many close calls
+    return HierarchicalKMeans(k=12, depth=3, seed=0, n_iter=5, max_points_per_node=300).fit(X), X
+
+
+def _binary_deep_tree():
+    X = mixture(3000, 12, 40, seed=9)
+    return HierarchicalKMeans(k=2, depth=6, seed=0).fit(X), X
+
+
+def _edited_tree():
+    """A fitted tree with children masked out by hand (as fit marks nodes with few points) and exact duplicate centroids."""
+    X = mixture(3000, 16, 60, seed=12)
+    km = HierarchicalKMeans(k=12, depth=2, seed=0, n_iter=5).fit(X)
+    km.valid[1][0, 3:] = False  # node 0 keeps 3 children
+    km.valid[1][1, 1:] = False  # node 1 keeps one child
+    km.centroids[1][2, 7] = km.centroids[1][2, 2]  # node 2: children 2 and 7 tie exactly; the first wins
+    km.centroids[0][0, 5] = km.centroids[0][0, 4]  # the root: children 4 and 5 tie exactly
+    return km, X
+
+
+TREES = {"structured k4 d3": lambda: (HierarchicalKMeans(k=4, depth=3, seed=0).fit(mixture(3000, 16, 60)), mixture(3000, 16, 60)),
+         "uneven k3 d4": _uneven_tree, "few points k4 d2": _few_points_tree, "random k12 d3": _k12_random_tree,
+         "binary d6": _binary_deep_tree, "masked and tied k12 d2": _edited_tree}
+
+
+@pytest.mark.parametrize("name", list(TREES))
+def test_blocked_descent_matches_the_old_tiled_descent_and_the_path_argmin(name):
+    km, X = TREES[name]()
+    ref = reference_tiled_predict(km, X)
+    brute = brute_force_path(km, X)
+    # float32 against float64: tight duplicate groups (the few-points tree) make real near-ties
+    assert_same_leaves_up_to_float_ties(km, X, ref, brute, max_ties=0.05)  # the reference is the path argmin
+    Xt = torch.from_numpy(X)
+    variants = {"predict": km.predict(X),
+                "tiny blocks, 3 workers": km._predict_descent(Xt, block=37, chunk=500, workers=3),
+                "one block": km._predict_descent(Xt, block=len(X), chunk=len(X), workers=1),
+                "2 workers": km._predict_descent(Xt, block=256, chunk=700, workers=2)}
+    for label, got in variants.items():
+        assert_same_leaves_up_to_float_ties(km, X, got, ref)  # (measured: no row differs on any of these trees)
+        assert_same_leaves_up_to_float_ties(km, X, got, brute, max_ties=0.05)
+        assert torch.equal(got, variants["predict"]), label  # the blocking does not change the ids
+    if name.startswith("masked"):
+        leaves = variants["predict"]
+        assert not bool(((leaves // 12) == 5).any())  # a root child that ties an earlier one is never chosen
+        assert not bool((leaves == 2 * 12 + 7).any())
+        assert bool((leaves == 2 * 12 + 2).any())
+        assert set((leaves[leaves // 12 == 1] % 12).tolist()) <= {0}
+        assert set((leaves[leaves // 12 == 0] % 12).tolist()) <= {0, 1, 2}
+
+
+def test_blocked_descent_keeps_the_thread_count_and_reports_bad_rows_from_workers(tree, X):
+    n = torch.get_num_threads()
+    Xt = torch.from_numpy(X).clone()
+    got = tree._predict_descent(Xt, block=64, chunk=300, workers=2)
+    assert torch.equal(got, tree.predict(X))
+    assert torch.get_num_threads() == n
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    assert seen == [n]  # a thread started later gets the caller's count, not the workers' 1
+    Xt[2345, 3] = float("nan")  # a later chunk, scored by a worker
+    with pytest.raises(ValueError, match="NaN or inf.*row 2345"):
+        tree._predict_descent(Xt, block=64, chunk=300, workers=2)
+    assert tree._predict_descent(Xt[:0], workers=2).shape == (0,)
+
+
+def test_descent_tables_follow_in_place_edits(X):
+    km = HierarchicalKMeans(k=4, depth=2, seed=0).fit(X)
+    before = km.predict(X)
+    km.centroids[1].view(-1, km.dim)[before[0]] += 50.0  # move the first row's leaf far away
+    after = km.predict(X)
+    assert int(after[0]) != int(before[0])
+    assert_same_leaves_up_to_float_ties(km, X, after, reference_tiled_predict(km, X))
+    km.valid[1][before[0] // 4, before[0] % 4] = False
+    assert bool(km.leaf_valid[km.predict(X)].all())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def test_cuda_descent_matches_the_cpu_descent(tmp_path, X, tree):
+    tree.save(tmp_path / "cb")
+    gpu = HierarchicalKMeans.load(tmp_path / "cb", device="cuda")
+    got = gpu.predict(X)
+    assert got.device.type == "cuda"
+    assert_same_leaves_up_to_float_ties(tree, X, got.cpu(), tree.predict(X))
+    exact = gpu.predict(X, exact=True).cpu()
+    assert (exact == tree.predict(X, exact=True)).float().mean() > 0.999

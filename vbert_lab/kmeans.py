@@ -15,10 +15,24 @@ id is the base-``k`` number of the path's child digits, so leaf ids are
 
 Assignment descends the tree: ``k`` distances per level, ``k * depth`` per
 vector (``predict(X)``), instead of ``k**depth`` for a flat search
-(``predict(X, exact=True)``, the nearest leaf centroid). Descent is
-vectorised: one matmul at level 0, then per level one copy of the rows
-grouped by node into fixed-size tiles and one batched matmul of every tile
-against its node's ``k`` children (no Python loop over nodes).
+(``predict(X, exact=True)``, the nearest leaf centroid). A distance is
+``||c||^2 - 2 x.c`` (``||x||^2`` is the same for every child, so the argmin
+does not need it; the first of equal distances wins), one small matmul per
+node. With ``k`` children per node these matmuls are thin (``k`` columns)
+and read each row for few flops, so ``predict`` is laid out for the caches
+(:meth:`HierarchicalKMeans._predict_descent`): rows are scored in blocks of
+about 1,000 (4 MB of 1024-d features, cache-resident), the upper levels
+(``max(1, depth // 2)`` of them) on blocks of consecutive rows, then the rows are
+grouped by the node they reached and each block of one node's rows is
+gathered once and carried through all the lower levels while it is in cache:
+the features are read from memory about twice, not once per level. Below a
+block's first level its rows are sorted by node, one matmul per node. On the
+CPU, chunks of rows go to ``torch.get_num_threads()`` worker threads that run
+one intra-op thread each (thousands of small kernels would otherwise each
+wait at an OpenMP barrier, which a busy machine makes very slow).
+``fit`` assigns points with a tiled batched matmul over all rows
+(``_assign_level``), which gives the same ids up to float rounding at
+near-ties.
 
 Nodes with fewer distinct points than ``k``
 ------------------------------------------
@@ -59,6 +73,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -78,6 +93,111 @@ __all__ = [
 FORMAT = "vbert_lab.hierarchical_kmeans"
 FORMAT_VERSION = 1
 _CHUNK = 16384  # rows per distance block: bounds memory at (chunk, k**depth) for exact search
+_DESCENT_BLOCK_CPU = 1024  # rows scored together by predict: 4 MB of 1024-d features stay in cache
+_DESCENT_BLOCK_GPU = 16384  # on a GPU: fewer, larger kernels
+_DESCENT_CHUNK = (8192, 32768)  # CPU: rows one worker sorts and descends at a time (min, max)
+
+
+def _padded_width(k: int) -> int:
+    """Columns of a node's centroid block: 9..15 children are padded to 16 (MKL's 16-wide kernels beat 12-wide ones)."""
+    return 16 if 8 < k < 16 else k
+
+
+def _parallel_workers(device: torch.device, n_chunks: int) -> int:
+    """How many single-threaded worker threads ``predict`` uses on the CPU (1: none, the caller's thread as usual)."""
+    if device.type != "cpu" or n_chunks < 2:
+        return 1
+    n = torch.get_num_threads()
+    if n < 2 or "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return 1
+    return min(n, n_chunks)
+
+
+def _run_in_workers(n: int, work: Callable[[int], None]) -> None:
+    """Run ``work(i)`` for ``i < n`` in ``n`` threads that each use one intra-op thread; re-raise the first error.
+
+    Descent is thousands of small kernels. Run with intra-op threads, every
+    kernel is an OpenMP region whose threads must meet at a barrier, and on a
+    busy machine one descheduled thread stalls each of them (measured on 2
+    cores at a load average of 7: 2 intra-op threads 45x slower than 1).
+    Worker threads that each run their kernels alone (torch releases the GIL
+    inside them) use the same number of cores without a barrier per kernel. The thread count is
+    per-thread in the OpenMP backend: each worker sets its own to 1 and the
+    caller's global setting is restored once every worker has set its own,
+    so the caller and threads started later keep ``torch.get_num_threads()``.
+    """
+    n_caller = torch.get_num_threads()
+    ready = threading.Barrier(n + 1)
+    errors: list[BaseException] = []
+
+    def body(i: int) -> None:
+        try:
+            torch.get_num_threads()  # initialise this thread's OpenMP/MKL settings first (it reads the global count)
+            torch.set_num_threads(1)  # this thread: one intra-op thread
+        finally:
+            ready.wait()
+        try:
+            with torch.no_grad():  # grad mode is per thread
+                work(i)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=body, args=(i,), name=f"kmeans-descent-{i}", daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    try:
+        ready.wait()
+    except BaseException:
+        ready.abort()  # an interrupt here: release the workers (they stop at the broken barrier)
+        raise
+    finally:
+        torch.set_num_threads(n_caller)  # the global count, which the workers' set_num_threads(1) changed
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def _descend_block(xb: torch.Tensor, node: torch.Tensor | None, base: int, levels: range, W: list[torch.Tensor],
+                   c_sq: list[torch.Tensor], k: int, ws: dict, best: torch.Tensor | None = None) -> torch.Tensor:
+    """Node ids (b,) one level below ``levels`` of the rows ``xb`` (b, D), which all sit in node ``base`` of level ``levels.start``.
+
+    ``node``: unused at the first level (every row is in ``base``). Below it,
+    the rows are sorted by their node (within ``base``'s subtree), gathered
+    into ``ws["xs"]`` and scored with one ``addmm`` per node into ``ws["d"]``.
+    ``W[l]`` (k**l, kp, D) and ``c_sq[l]`` (k**l, kp) are the padded centroids
+    and their squared norms (+inf for invalid or padding slots). ``best``
+    (b,): receives the level-0 minimum distances (finiteness check).
+    """
+    b = xb.shape[0]
+    l0 = levels.start
+    for level in levels:
+        Wl, cl = W[level], c_sq[level]
+        lo, span = base * k ** (level - l0), k ** (level - l0)  # the subtree's nodes at this level: lo .. lo + span - 1
+        if span == 1:  # every row is in node lo
+            d = torch.addmm(cl[lo], xb, Wl[lo].T, alpha=-2.0)  # (b, kp)
+            if level == 0:
+                dmin, digit = d.min(1)
+                if best is not None:
+                    best.copy_(dmin)
+            else:
+                digit = d.argmin(1)
+            node = lo * k + digit
+            continue
+        local = node - lo
+        order = torch.argsort(local)
+        counts = torch.bincount(local, minlength=span).tolist()
+        xs = torch.index_select(xb, 0, order, out=ws["xs"][:b])
+        d = ws["d"][:b]
+        s = 0
+        for j, c in enumerate(counts):
+            if c:
+                torch.addmm(cl[lo + j], xs[s : s + c], Wl[lo + j].T, alpha=-2.0, out=d[s : s + c])
+                s += c
+        child = torch.empty_like(node)
+        child[order] = node[order] * k + d.argmin(1)
+        node = child
+    return node
 
 
 def _as_float_tensor(X, device, what: str = "X", check_finite: bool = True) -> torch.Tensor:
@@ -481,16 +601,100 @@ class HierarchicalKMeans:
             for i in range(0, X.shape[0], _CHUNK):
                 out[i : i + _CHUNK] = _nearest(X[i : i + _CHUNK], C, invalid)
             return out
-        workspace: list[torch.Tensor] = []  # one row buffer for every chunk and level
-        for i in range(0, X.shape[0], 4 * _CHUNK):
-            node = torch.zeros(min(4 * _CHUNK, X.shape[0] - i), dtype=torch.long, device=self.device)
+        return self._predict_descent(X)
+
+    def _descent_tables(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per level: padded centroids (k**l, kp, D) and squared norms (k**l, kp), +inf where invalid; cached.
+
+        The cache is keyed on the centroid and mask tensors and their version
+        counters, so refitting, loading or editing them in place rebuilds it.
+        """
+        def version(t: torch.Tensor) -> int | None:
             try:
-                for level in range(self.depth):
-                    node = self._assign_level(X[i : i + 4 * _CHUNK], node, level, workspace=workspace)
-            except ValueError:
-                _as_float_tensor(X, self.device)  # name the first bad row of the whole X, not of the chunk
-                raise
-            out[i : i + 4 * _CHUNK] = node
+                return t._version
+            except RuntimeError:  # an inference tensor has no version counter: never cached
+                return None
+
+        key = [(C, version(C), V, version(V)) for C, V in zip(self.centroids, self.valid)]
+        cached = getattr(self, "_descent_cache", None)
+        if cached is not None and len(cached[0]) == len(key) and all(
+                a[0] is b[0] and a[1] == b[1] is not None and a[2] is b[2] and a[3] == b[3] is not None
+                for a, b in zip(cached[0], key)):
+            return cached[1], cached[2]
+        kp = _padded_width(self.k)
+        W, c_sq = [], []
+        for C, V in zip(self.centroids, self.valid):
+            n = C.shape[0]
+            Wl = C.new_zeros(n, kp, C.shape[2])
+            Wl[:, : self.k] = C
+            cl = C.new_full((n, kp), float("inf"))
+            cl[:, : self.k] = (C * C).sum(2).masked_fill(~V, float("inf"))
+            W.append(Wl)
+            c_sq.append(cl)
+        self._descent_cache = (key, W, c_sq)
+        return W, c_sq
+
+    def _predict_descent(self, X: torch.Tensor, block: int | None = None, chunk: int | None = None,
+                         workers: int | None = None) -> torch.Tensor:
+        """Tree-descent leaf ids (N,) of ``X`` (N, D) on ``self.device``, laid out for the caches (module docstring).
+
+        Rows are taken in chunks (CPU: 8k-32k rows, one worker thread each,
+        see :func:`_run_in_workers`; GPU: all rows). In a chunk, the top
+        ``p = max(1, depth // 2)`` levels score blocks of ``block``
+        consecutive rows; the rows are then grouped by their level-``p`` node
+        and each block of one node's rows is gathered once and descended
+        through the remaining levels. ``block``, ``chunk`` and ``workers``
+        override the defaults (tests).
+        """
+        N, D = X.shape
+        k, depth = self.k, self.depth
+        out = torch.empty(N, dtype=torch.long, device=X.device)
+        if N == 0:
+            return out
+        W, c_sq = self._descent_tables()
+        kp = W[0].shape[1]
+        on_cpu = X.device.type == "cpu"
+        B = block or (_DESCENT_BLOCK_CPU if on_cpu else _DESCENT_BLOCK_GPU)
+        if chunk is None:
+            n_threads = torch.get_num_threads() if on_cpu else 1
+            chunk = min(max(-(-N // (2 * n_threads)), _DESCENT_CHUNK[0]), _DESCENT_CHUNK[1]) if on_cpu else N
+        starts = list(range(0, N, chunk))
+        n_workers = _parallel_workers(X.device, len(starts)) if workers is None else max(1, min(workers, len(starts)))
+        p = max(1, depth // 2)
+        best = torch.empty(N, dtype=X.dtype, device=X.device)  # level-0 minimum distance of every row
+        next_chunk = iter(starts)
+        lock = threading.Lock()
+
+        def work(_: int) -> None:
+            ws = {"xs": X.new_empty(min(B, N), D), "d": X.new_empty(min(B, N), kp), "xb": X.new_empty(min(B, N), D)}
+            while True:
+                with lock:
+                    c0 = next(next_chunk, None)
+                if c0 is None:
+                    return
+                Xc, oc = X[c0 : c0 + chunk], out[c0 : c0 + chunk]
+                n = Xc.shape[0]
+                node = oc if p == depth else torch.empty(n, dtype=torch.long, device=X.device)
+                for i in range(0, n, B):  # levels 0 .. p-1 on consecutive rows
+                    e = min(i + B, n)
+                    node[i:e] = _descend_block(Xc[i:e], None, 0, range(0, p), W, c_sq, k, ws, best[c0 + i : c0 + e])
+                if p == depth:
+                    continue
+                order = torch.argsort(node, stable=True)  # rows by level-p node, in row order (sequential reads)
+                s = 0
+                for g, count in enumerate(torch.bincount(node, minlength=k**p).tolist()):
+                    for i in range(s, s + count, B):  # levels p .. depth-1 on one node's rows, gathered once
+                        idx = order[i : min(i + B, s + count)]
+                        xb = torch.index_select(Xc, 0, idx, out=ws["xb"][: idx.shape[0]])
+                        oc[idx] = _descend_block(xb, None, g, range(p, depth), W, c_sq, k, ws)
+                    s += count
+
+        if n_workers > 1:
+            _run_in_workers(n_workers, work)
+        else:
+            work(0)
+        if not bool(torch.isfinite(best.sum())):  # a NaN or inf feature (or an overflow): say which row
+            _as_float_tensor(X, X.device)
         return out
 
     def fit_predict(self, X) -> torch.Tensor:
