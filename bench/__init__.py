@@ -7,4 +7,4 @@ and ``build/bench/results.md`` (machine, versions, date, table), which the
 README includes.
 """
 
-BENCHMARKS = ["model_step", "decode", "extract_memory", "kmeans", "tinycook", "course"]
+BENCHMARKS = ["model_step", "efficiency", "decode", "extract_memory", "kmeans", "tinycook", "course"]

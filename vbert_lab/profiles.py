@@ -37,6 +37,25 @@ class Profile:
     pretrain_batch: int = 32
     pretrain_max_len: int = 64
     pretrain_lr: float = 5e-4
+    # compression and speed measurements (10_efficiency_and_scale): examples in the timed batch, timed repeats
+    latency_batch: int = 32
+    latency_repeats: int = 15
+    # fine-tuning (09_fine_tuning): a scratch or fine-tuned run trains finetune_epochs passes over its labels, within
+    # [finetune_min_steps, finetune_steps] optimizer steps of finetune_batch examples; a linear probe finetune_probe_steps;
+    # peak learning rates (pretrained, from scratch, the probe); top layers drawn afresh before fine-tuning; the
+    # notebook's seeds and the action task's label fractions (scene and mood: 10 and 100 %)
+    finetune_steps: int = 200
+    finetune_min_steps: int = 60
+    finetune_epochs: int = 10
+    finetune_batch: int = 32
+    finetune_probe_steps: int = 300
+    finetune_lr: float = 3e-4
+    finetune_scratch_lr: float = 5e-4
+    finetune_probe_lr: float = 1e-2
+    finetune_reinit_layers: int = 0
+    finetune_pooling: str = "mean"  # what the classifier reads: "cls" or "mean" (VideoBertConfig.pooling)
+    finetune_seeds: int = 3
+    finetune_fractions: tuple[float, ...] = (0.05, 0.1, 0.25, 1.0)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -45,10 +64,14 @@ class Profile:
 PROFILES = {
     "smoke": Profile(name="smoke", tinycook_videos=24, frame_size=64, extractor_epochs=3, extractor_videos=8,
                      kmeans_k=6, kmeans_depth=2, audio_kmeans_k=4, audio_kmeans_depth=2,
-                     pretrain_layers=2, pretrain_steps=20, pretrain_batch=8, pretrain_max_len=48),
+                     pretrain_layers=2, pretrain_steps=20, pretrain_batch=8, pretrain_max_len=48,
+                     latency_batch=8, latency_repeats=5,
+                     finetune_steps=8, finetune_min_steps=4, finetune_epochs=2, finetune_batch=8, finetune_probe_steps=20,
+                     finetune_seeds=1, finetune_fractions=(0.1, 1.0)),
     "cpu": Profile(name="cpu", tinycook_videos=160, frame_size=128, extractor_epochs=16, extractor_videos=48,
                    kmeans_k=12, kmeans_depth=2, audio_kmeans_k=8, audio_kmeans_depth=2,
-                   pretrain_layers=3, pretrain_steps=300, pretrain_batch=32, pretrain_max_len=64),
+                   pretrain_layers=3, pretrain_steps=300, pretrain_batch=32, pretrain_max_len=64,
+                   finetune_steps=80, finetune_min_steps=40, finetune_epochs=10, finetune_batch=16, finetune_probe_steps=200),
     "gpu": Profile(name="gpu", tinycook_videos=800, frame_size=128, extractor_epochs=12, extractor_videos=200,
                    kmeans_k=16, kmeans_depth=2, audio_kmeans_k=8, audio_kmeans_depth=2),
 }
