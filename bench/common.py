@@ -23,3 +23,23 @@ def median_seconds(fn: Callable[[], object], reps: int = 5, warmup: int = 1, syn
             sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def interleaved_median_seconds(fns: dict[str, Callable[[], object]], reps: int = 5, warmup: int = 1) -> dict[str, float]:
+    """Median wall time of each of ``fns``, timed in turns (a, b, a, b, ...) after ``warmup`` untimed rounds.
+
+    For a ratio of two measurements: a burst of other work on the machine
+    then slows both sides alike instead of one.
+    """
+    if reps < 1:
+        raise ValueError("reps must be >= 1")
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}

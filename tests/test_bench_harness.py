@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
+
+import pytest
 
 
 def test_quick_bench_writes_results(repo, tmp_path):
@@ -26,3 +29,23 @@ def test_quick_bench_writes_results(repo, tmp_path):
 def test_unknown_benchmark_is_refused(repo):
     proc = subprocess.run([sys.executable, "-m", "bench", "--only", "nope"], cwd=repo, capture_output=True, text=True)
     assert proc.returncode == 2 and "unknown benchmark" in proc.stderr
+
+
+def test_interleaved_timing_takes_turns_and_returns_medians():
+    from bench.common import interleaved_median_seconds
+
+    calls = []
+    slow = iter([0.0, 0.09, 0.0, 0.0])  # one slow repetition of "a": the median ignores it
+
+    def a():
+        calls.append("a")
+        time.sleep(next(slow, 0.0))
+
+    def b():
+        calls.append("b")
+
+    out = interleaved_median_seconds({"a": a, "b": b}, reps=3, warmup=1)
+    assert calls == ["a", "b"] * 4  # warm-up round, then three timed rounds, in turns
+    assert set(out) == {"a", "b"} and 0 <= out["a"] < 0.02 and out["b"] < 0.02
+    with pytest.raises(ValueError):
+        interleaved_median_seconds({"a": a}, reps=0)
