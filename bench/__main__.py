@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
+import os
 import platform
+import subprocess
 import sys
 import time
 import traceback
@@ -69,6 +70,38 @@ def update_readme(readme: Path, table: str) -> None:
     readme.write_text(f"{head}{README_START}\n{table}{README_END}{tail}")
 
 
+_RESULT_MARK = "@@bench-result@@ "
+_CHILD = """
+import json, sys
+from bench import {name} as module
+got = module.run(quick={quick}, device={device!r})
+print({mark!r} + json.dumps(got), flush=True)
+"""
+
+
+def run_isolated(name: str, quick: bool, device: str) -> dict:
+    """``bench.<name>.run(...)`` in a fresh Python process; its results.
+
+    One process per benchmark, so that none measures the state an earlier one
+    left behind (seen: after the model benchmarks free large tensors, glibc's
+    raised mmap threshold slowed decord's clip path from 1.10 to 0.84 of its
+    raw decode). The child's output is passed through as it comes.
+    """
+    code = _CHILD.format(name=name, quick=bool(quick), device=device, mark=_RESULT_MARK)
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env, cwd=root)
+    got = None
+    for line in proc.stdout:
+        if line.startswith(_RESULT_MARK):
+            got = json.loads(line[len(_RESULT_MARK):])
+        else:
+            print(line, end="", flush=True)
+    if proc.wait() != 0 or got is None:
+        raise RuntimeError(f"benchmark {name} exited with status {proc.returncode} (its error is printed above)")
+    return got
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes: checks the harness in a few seconds")
@@ -92,8 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench {name} ...", flush=True)
         t0 = time.perf_counter()
         try:
-            module = importlib.import_module(f"bench.{name}")
-            got = module.run(quick=args.quick, device=device)
+            got = run_isolated(name, args.quick, device)
             bad = [k for k in got if not k.startswith(f"{name}.")]
             if bad:
                 raise ValueError(f"benchmark {name} returned keys outside its name: {bad}")
