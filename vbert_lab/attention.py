@@ -23,6 +23,7 @@ BERT-style ``attention_mask`` (1 = token, 0 = padding) into ours.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -38,6 +39,7 @@ __all__ = [
     "padding_mask_to_attn_mask",
     "SelfAttention",
     "measure_attention_cost",
+    "torch_threads",
     "fit_power_law",
 ]
 
@@ -206,17 +208,25 @@ def measure_attention_cost(
     outgrows the CPU caches. Taught in ``01_attention_from_scratch``.
     """
     gen = torch.Generator().manual_seed(0)
-    out = []
     # One CPU thread: a multi-threaded call on a busy machine waits for a free core
     # (a scheduler time slice, milliseconds), which would hide the N^2 growth.
-    threads = torch.get_num_threads()
-    if device == "cpu":
-        torch.set_num_threads(1)
+    with torch_threads(1 if device == "cpu" else None):
+        return _time_lengths(lengths, dim, batch, reps, device, explicit, gen)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Within this block torch uses ``n`` intra-op threads (``None`` or 0: as set); restored after.
+
+    Yields the count in force. Used wherever the course times something.
+    """
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
     try:
-        out = _time_lengths(lengths, dim, batch, reps, device, explicit, gen)
+        yield torch.get_num_threads()
     finally:
-        torch.set_num_threads(threads)
-    return out
+        torch.set_num_threads(old)
 
 
 def _time_lengths(lengths, dim, batch, reps, device, explicit, gen) -> list[float]:

@@ -55,7 +55,6 @@ row); a sparse one is ``<name>.mask`` (bits, packed 8 per byte) and
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
@@ -72,6 +71,8 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import torch
 from torch import nn
+
+from .attention import torch_threads
 
 __all__ = [
     "BACKENDS",
@@ -400,7 +401,7 @@ def layer_svds(model: nn.Module, layers: Iterable[str] | None = None) -> dict[st
 def _svd(weight: torch.Tensor) -> tuple[torch.Tensor, ...]:
     # One thread: LAPACK's threads wait for each other by spinning, and on a busy machine with fewer free cores
     # than threads the twelve SVDs of a three-layer MiniLM took 20-70 s instead of 0.6 s (measured).
-    with _threads(1):
+    with torch_threads(1):
         return torch.linalg.svd(weight.detach().double(), full_matrices=False)
 
 
@@ -751,17 +752,6 @@ def _shape_of(batch) -> tuple[int, int]:
     return (int(t.shape[0]), 1) if isinstance(t, torch.Tensor) and t.dim() == 1 else (1, 1)
 
 
-@contextlib.contextmanager
-def _threads(n: int | None):
-    old = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield torch.get_num_threads()
-    finally:
-        torch.set_num_threads(old)
-
-
 def compare_latency(models: Mapping[str, Callable], batch, repeats: int = 20, warmup: int = 3,
                     threads: int | None = None) -> dict[str, Latency]:
     """Latency of one forward pass of each model on ``batch``, measured in turns (inference mode, no grad).
@@ -778,7 +768,7 @@ def compare_latency(models: Mapping[str, Callable], batch, repeats: int = 20, wa
         raise ValueError(f"repeats={repeats} must be >= 1 and warmup={warmup} >= 0")
     fns = {name: _forward_fn(m, batch) for name, m in models.items()}
     times: dict[str, list[float]] = {name: [] for name in fns}
-    with _threads(threads) as used, torch.inference_mode():
+    with torch_threads(threads) as used, torch.inference_mode():
         for fn in fns.values():
             for _ in range(warmup):
                 fn()

@@ -41,7 +41,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from .attention import SelfAttention, multi_head_attention
+from .attention import SelfAttention, multi_head_attention, torch_threads
 
 __all__ = [
     "explicit_attention",
@@ -144,11 +144,8 @@ def time_train_step(model: nn.Module, batch: Mapping[str, torch.Tensor], steps: 
     device = next(model.parameters()).device
     batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    old = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
     times = []
-    try:
+    with torch_threads(threads):
         for i in range(warmup + steps):
             _sync(device)
             t0 = time.perf_counter()
@@ -160,8 +157,6 @@ def time_train_step(model: nn.Module, batch: Mapping[str, torch.Tensor], steps: 
             _sync(device)
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
-    finally:
-        torch.set_num_threads(old)
     tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
     seconds = statistics.median(times)
     return {"seconds": seconds, "tokens_per_s": tokens / seconds, "tokens": tokens}
