@@ -440,3 +440,24 @@ def test_two_gloo_processes_under_torchrun_match_one_process(tmp_path):
     b = VideoBert.from_pretrained(latest_checkpoint(tmp_path / "two")).state_dict()
     for name in a:
         assert_close(b[name], a[name], rtol=0, atol=1e-5, msg=name)
+
+
+def test_claim_run_dir_keeps_a_matching_run_and_clears_any_other(tmp_path):
+    from vbert_lab.train import claim_run_dir
+
+    folder = tmp_path / "run"
+    out, stamp = claim_run_dir(folder, {"lr": 1e-3, "steps": (1, 2)}, "run.json")
+    assert out == folder and folder.is_dir() and stamp == {"lr": 1e-3, "steps": [1, 2]}  # as JSON reads it back
+    (folder / "run.json").write_text(json.dumps(stamp))
+    (folder / "checkpoint").write_text("x")
+    claim_run_dir(folder, {"lr": 1e-3, "steps": (1, 2)}, "run.json")
+    assert (folder / "checkpoint").exists()  # same stamp: resumed, not wiped
+    claim_run_dir(folder, {"lr": 1e-3, "steps": (1, 2)}, "run.json", force=True)
+    assert not any(folder.iterdir())
+    (folder / "run.json").write_text(json.dumps(stamp))
+    (folder / "checkpoint").write_text("x")
+    claim_run_dir(folder, {"lr": 2e-3}, "run.json")
+    assert not any(folder.iterdir())  # another run's folder
+    (folder / "stray").write_text("x")
+    claim_run_dir(folder, {"lr": 2e-3}, "run.json")
+    assert not any(folder.iterdir())  # files without a stamp

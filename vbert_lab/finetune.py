@@ -52,7 +52,7 @@ from torch import nn
 
 from .model import POOLINGS, VideoBert, VideoBertConfig
 from .tinycook import LOOK_ALIKE, SOUND_ALIKE
-from .train import ResumableLoader, TrainConfig, latest_checkpoint, read_metrics, train
+from .train import ResumableLoader, TrainConfig, claim_run_dir, latest_checkpoint, read_metrics, train
 
 __all__ = [
     "TASKS",
@@ -669,14 +669,9 @@ def ensure_finetuned(run, task: str = "action", mode: str = "finetuned", fractio
         settings = default_settings(run, task, mode, fraction, audio, seed)
     else:  # its zeros mean the profile's values
         settings = default_settings(run, **settings.to_dict())
-    out_dir = run_dir(run, settings)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = json.loads(json.dumps(_fingerprint(run, settings, _base_stamp(run, settings.mode))))
+    out_dir, stamp = claim_run_dir(run_dir(run, settings), _fingerprint(run, settings, _base_stamp(run, settings.mode)),
+                                   SETTINGS_FILE, force)
     stamp_path, result_path = out_dir / SETTINGS_FILE, out_dir / RESULT_FILE
-    saved = json.loads(stamp_path.read_text()) if stamp_path.is_file() else None
-    if force or (saved is not None and saved != stamp) or (saved is None and any(out_dir.iterdir())):
-        shutil.rmtree(out_dir)
-        out_dir.mkdir(parents=True)
     frozen = settings.mode == "frozen"
     weights = out_dir / (HEAD_FILE if frozen else MODEL_DIR)
     base = _pretrained(run).checkpoint if settings.mode != "scratch" else None

@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -44,7 +43,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from .model import VideoBert, VideoBertConfig
-from .train import ResumableLoader, TrainConfig, TrainResult, latest_checkpoint, read_json_object, train
+from .train import ResumableLoader, TrainConfig, TrainResult, claim_run_dir, latest_checkpoint, read_json_object, train
 
 __all__ = [
     "REGIME_SETS",
@@ -307,20 +306,14 @@ def ensure_pretrained(run, regime_set: str = "text_video", fraction: float = 1.0
     weights = {r: settings.regime_weights.get(r, 1.0) for r in settings.regimes}
     if not config.regime_weights:
         config = replace(config, regime_weights=weights)
-    out_dir = run_dir(run, settings.regime_set, settings.fraction)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = json.loads(json.dumps(_fingerprint(run, settings, config)))  # as it reads back from disk
-    stamp_path = out_dir / SETTINGS_FILE
-    saved = json.loads(stamp_path.read_text()) if stamp_path.is_file() else None
-    if force or (saved is not None and saved != stamp) or (saved is None and any(out_dir.iterdir())):
-        shutil.rmtree(out_dir)
-        out_dir.mkdir(parents=True)
+    out_dir, stamp = claim_run_dir(run_dir(run, settings.regime_set, settings.fraction),
+                                   _fingerprint(run, settings, config), SETTINGS_FILE, force)
     last = latest_checkpoint(out_dir)
     done = last is not None and int(last.name.split("-")[1]) >= config.max_steps
     if done:
         model = VideoBert.from_pretrained(last, map_location=run.device).eval()
         return Pretrained(model, out_dir, last, settings, config, trained=False)
-    stamp_path.write_text(json.dumps(stamp, indent=2) + "\n")
+    (out_dir / SETTINGS_FILE).write_text(json.dumps(stamp, indent=2) + "\n")
     model, result = pretrain(run, settings, replace(config, resume=True), out_dir, evaluate=evaluate)
     return Pretrained(model, out_dir, result.checkpoint, settings, config, trained=True)
 

@@ -81,6 +81,7 @@ __all__ = [
     "NonFiniteLossError",
     "latest_checkpoint",
     "read_json_object",
+    "claim_run_dir",
     "list_checkpoints",
     "train",
     "read_metrics",
@@ -111,6 +112,27 @@ def read_json_object(path: str | os.PathLike, what: str, shape: str) -> dict:
     if not isinstance(d, dict):
         raise ValueError(f"{path}: {shape}; got {type(d).__name__}")
     return d
+
+
+def claim_run_dir(out_dir: str | os.PathLike, stamp: Mapping[str, Any], stamp_file: str, force: bool = False) -> tuple[Path, dict]:
+    """Make ``out_dir`` a folder for the run described by ``stamp`` (a JSON-able dict of everything it depends on).
+
+    The folder is kept (so a finished run is reused and an unfinished one
+    resumes) when its ``stamp_file`` equals ``stamp``, or when it is empty;
+    it is emptied when the stamp differs, when files are there without a stamp,
+    or with ``force``. Returns ``(out_dir, stamp as it reads back from JSON)``;
+    the caller writes the stamp once it starts training. Used by
+    :func:`vbert_lab.pretrain.ensure_pretrained` and :func:`vbert_lab.finetune.ensure_finetuned`.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = json.loads(json.dumps(stamp))
+    path = out_dir / stamp_file
+    saved = json.loads(path.read_text()) if path.is_file() else None
+    if force or (saved is not None and saved != stamp) or (saved is None and any(out_dir.iterdir())):
+        shutil.rmtree(out_dir)
+        out_dir.mkdir(parents=True)
+    return out_dir, stamp
 
 
 @dataclass
