@@ -500,8 +500,8 @@ def _trim_heap() -> None:
     Called after each batch, in the decoding worker and in the extracting
     process: the small blocks of a batch (per-frame arrays, tensor metadata)
     otherwise stay in the heap until the video ends, so the peak grew with the
-    video's length (``extract_memory.growth`` 0.124 with a trim per video,
-    0.075 with one per batch, on the 2-core machine; audio 0.077 -> 0.020).
+    video's length (``extract_memory.growth`` 0.124 with a trim per video;
+    0.048 to 0.118 over four runs with one per batch, on the 2-core machine).
     """
     import ctypes
     import ctypes.util
