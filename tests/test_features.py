@@ -168,6 +168,24 @@ def test_workers_shards_and_batch_boundaries_do_not_change_features(tc, referenc
     _same(reference, tmp_path / "f", "audio")
 
 
+def test_batcher_cuts_a_video_into_the_same_batches_whatever_the_chunks():
+    clips = torch.arange(23 * 2).view(23, 2)
+    for chunk in (1, 3, 8, 23):
+        batcher = features._Batcher(5)
+        batches = [b.clone() for lo in range(0, 23, chunk) for b in batcher.add(clips[lo:lo + chunk])]
+        rest = batcher.rest()
+        assert [len(b) for b in batches] == [5, 5, 5, 5] and len(rest) == 3, chunk
+        assert torch.equal(torch.cat(batches + [rest]), clips)
+        assert batcher.rest() is None  # the buffer is handed back with the last clips
+
+
+def test_batches_that_cross_decoded_chunks_give_the_same_features(tc, reference, tmp_path):
+    # batches of 12 gather one and a half chunks of 8 decoded clips
+    features.extract(tc / "videos", tmp_path / "f", "tinycook3d", weights="random", workers=1, batch_size=12,
+                     audio=True, progress=False)
+    _same(reference, tmp_path / "f")
+
+
 def test_ranks_split_the_videos_and_their_union_is_the_single_run(tc, reference, tmp_path, monkeypatch):
     seen = []
     for rank in (0, 1):  # as under `torchrun --nproc-per-node 2`, one after the other

@@ -403,12 +403,14 @@ def list_videos(videos: str | os.PathLike | Iterable[str | os.PathLike]) -> list
 
 
 class _ClipStream(torch.utils.data.IterableDataset):
-    """Decodes videos clip by clip in DataLoader workers; yields batches of one video's clips.
+    """Decodes videos clip by clip in DataLoader workers; yields chunks of one video's clips.
 
-    Items: ``{"kind": "clips", "video", "frames" uint8 (B, T, H, W, C), "start_s", "end_s"}``,
-    then ``{"kind": "done", "video", "n_clips", "audio"}`` or ``{"kind": "failed", "video", "error"}``.
-    Batches never mix videos, and a video is cut into the same batches whatever the
-    worker count or restart, so its features are the same bit for bit.
+    Items: ``{"kind": "clips", "video", "frames" uint8 (B, T, H, W, C), "start_s"}`` with
+    ``B <= batch_size``, then ``{"kind": "done", "video", "n_clips", "times", "audio"}`` or
+    ``{"kind": "failed", "video", "error"}``. Chunks never mix videos. The extracting
+    process gathers them into the extractor's batches (:class:`_Batcher`); small chunks keep
+    what waits between the processes small and the same for a short and a long video
+    (``bench/extract_memory.py``).
     """
 
     def __init__(self, items: Sequence[tuple[int, Path]], frame_size: int, batch_size: int, fps: float = FPS,
@@ -437,7 +439,7 @@ class _ClipStream(torch.utils.data.IterableDataset):
                     if len(batch) == self.batch_size:
                         yield self._batch(index, batch, starts)
                         batch, starts = [], []
-                        _trim_heap()  # the freed frames of this batch back to the system, not kept for the next
+                        _trim_heap()  # the freed frames of this chunk back to the system, not kept for the next
                 if batch:
                     yield self._batch(index, batch, starts)
             audio = _audio_features(path, times) if self.audio and times else None
@@ -450,6 +452,42 @@ class _ClipStream(torch.utils.data.IterableDataset):
 
     def _batch(self, index: int, frames: list[np.ndarray], starts: list[float]) -> dict[str, Any]:
         return {"kind": "clips", "video": index, "frames": torch.from_numpy(np.stack(frames)), "start_s": list(starts)}
+
+
+DECODE_CHUNK = 8  # clips per item a decoding worker hands over (the extractor's batch is gathered from them)
+
+
+class _Batcher:
+    """Gathers one video's decoded chunks into batches of exactly ``batch_size`` clips (the last may be short).
+
+    The clips are copied into one preallocated buffer, so a batch costs its own size
+    and nothing more while it waits; a video is cut into the same batches whatever
+    the chunk size, the worker count or a restart, so its features are the same bit for bit.
+    """
+
+    def __init__(self, batch_size: int, pin: bool = False):
+        self.batch_size, self.pin = int(batch_size), bool(pin)  # pin: page-locked, for fast copies to the GPU
+        self.buffer: torch.Tensor | None = None
+        self.fill = 0
+
+    def add(self, frames: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Copy ``frames`` in; yield each batch as it fills (a view of the buffer: use it before the next ``add``)."""
+        lo = 0
+        while lo < len(frames):
+            if self.buffer is None:
+                self.buffer = torch.empty((self.batch_size, *frames.shape[1:]), dtype=frames.dtype, pin_memory=self.pin)
+            take = min(self.batch_size - self.fill, len(frames) - lo)
+            self.buffer[self.fill:self.fill + take] = frames[lo:lo + take]
+            self.fill, lo = self.fill + take, lo + take
+            if self.fill == self.batch_size:
+                self.fill = 0
+                yield self.buffer
+
+    def rest(self) -> torch.Tensor | None:
+        """The clips left over at the end of the video, or ``None``."""
+        out = self.buffer[:self.fill] if self.buffer is not None and self.fill else None
+        self.buffer, self.fill = None, 0
+        return out
 
 
 def _audio_features(path: Path, times: list[tuple[float, float]], chunk: int = 64) -> dict[str, Any]:
@@ -512,11 +550,11 @@ def _trim_heap() -> None:
         pass
 
 
-def _loader(stream: _ClipStream, workers: int, pin: bool) -> Iterator[dict[str, Any]]:
+def _loader(stream: _ClipStream, workers: int) -> Iterator[dict[str, Any]]:
     """The stream's items, decoded in ``workers`` DataLoader processes (``0``: in this one)."""
     import gc
 
-    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin,
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers,
                                          prefetch_factor=2 if workers else None)
     # Forked workers share the parent's pages until they write to them; the garbage collector
     # writes to every object it visits, copying the parent's heap page by page the longer a
@@ -838,21 +876,29 @@ def extract(
     model = model.to(dev).eval()
     _keep_heap_flat()
     n_workers = default_workers(len(todo)) if workers is None else max(0, min(int(workers), len(todo)))
-    stream = _ClipStream(list(enumerate(p for _, p in todo)), model.frame_size, batch_size, model.fps,
-                         model.clip_frames, backend, audio)
+    stream = _ClipStream(list(enumerate(p for _, p in todo)), model.frame_size, min(DECODE_CHUNK, batch_size),
+                         model.fps, model.clip_frames, backend, audio)
     pending: dict[int, list[torch.Tensor]] = {}
+    batchers: dict[int, _Batcher] = {}
+
+    def embed(clips: torch.Tensor) -> torch.Tensor:
+        return model.embed(clips.to(dev, non_blocking=True)).float().cpu()
+
     bar = tqdm(total=len(todo), desc=f"{model.name} features" + (f" [rank {rank}]" if world > 1 else ""),
                unit="video", disable=None if progress else True)
     try:
-        for item in (_loader(stream, n_workers, dev.type == "cuda") if todo else ()):
+        for item in (_loader(stream, n_workers) if todo else ()):
             index = item["video"]
             vid, path = todo[index]
             if item["kind"] == "clips":
-                clips = item["frames"].to(dev, non_blocking=True)
-                pending.setdefault(index, []).append(model.embed(clips).float().cpu())
-                del item, clips
-                _trim_heap()  # this batch's frames and activations back to the system before the next arrives
+                batcher = batchers.setdefault(index, _Batcher(batch_size, pin=dev.type == "cuda"))
+                for batch in batcher.add(item["frames"]):
+                    pending.setdefault(index, []).append(embed(batch))
+                    _trim_heap()  # this batch's activations back to the system before the next
                 continue
+            rest = batchers.pop(index, _Batcher(batch_size)).rest()
+            if rest is not None and item["kind"] == "done":
+                pending.setdefault(index, []).append(embed(rest))
             feats = pending.pop(index, [])
             if item["kind"] == "failed":
                 writer.fail(vid, str(path), item["error"])
@@ -933,7 +979,7 @@ def _training_clips(data_dir: Path, video_ids: Sequence[str], config: TinyCook3D
     clips, verbs, nouns, scenes = [], [], [], []
     failed = {}
     bar = tqdm(total=len(items), desc="decoding training clips", unit="video", disable=None if progress else True)
-    for item in _loader(stream, n_workers, False):
+    for item in _loader(stream, n_workers):
         vid = video_ids[item["video"]]
         if item["kind"] == "failed":
             failed[vid] = item["error"]
