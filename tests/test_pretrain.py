@@ -62,6 +62,37 @@ def test_loaders_give_each_regime_its_batches(run):
     assert (text["input_ids"] < model.config.vocab_size).all()  # no visual token in the text regime
 
 
+def test_text_video_pairs_are_drawn_afresh_for_each_batch_and_again_on_resume(run):
+    settings = pretrain.default_settings(run, regime_set="text_video")
+    cfg = pretrain.build_model(run, settings).config
+    loader = pretrain.pretrain_loaders(run, cfg, settings)["text_video"]
+    example = loader.dataset[0]
+    own = example["segment"]
+    pool_videos = {seg.video_id: seg for seg in loader.collate_fn.pool}
+    assert len(pool_videos) >= 2
+    jn = cfg.special_token_id("[>]")
+    for batch_index in range(5):  # a resumed run re-seeds the collator to the same draw
+        assert torch.equal(loader._collate(0, batch_index, [example])["input_ids"],
+                           loader._collate(0, batch_index, [example])["input_ids"])
+    # without masking (its random replacements would blur the check): one sentence drawn 40 times
+    unmasked = pretrain._PairCollator(cfg, loader.collate_fn.pool, settings.max_len, settings.max_stride,
+                                      text_rate=0.0, video_rate=0.0, audio_rate=0.0, seed=0)
+    labels = []
+    for _ in range(40):
+        batch = unmasked([example])
+        ids, label = batch["input_ids"][0].tolist(), int(batch["alignment_labels"][0])
+        visual = [i - cfg.visual_offset for i in ids[ids.index(jn) + 1:]
+                  if cfg.visual_offset <= i < cfg.visual_offset + cfg.n_visual_tokens]
+        if label == 1:  # its own clips' tokens, thinned by the stride noise (masking may hide some)
+            assert set(visual) <= set(own.visual)
+        labels.append(label)
+    # the same sentence is shown with its own video and with others': its words alone cannot give the label
+    assert 10 <= sum(labels) <= 30
+    static = pretrain.pretrain_loaders(run, cfg, pretrain.default_settings(run, fresh_pairs=False))["text_video"]
+    fixed = {int(static._collate(0, b, [static.dataset[0]])["alignment_labels"][0]) for b in range(10)}
+    assert fixed == {static.dataset[0]["alignment_label"]}  # drawn once, as notebook 06 shows them
+
+
 def test_ensure_pretrained_trains_once_then_reuses_and_retrains_on_new_settings(run):
     config = TrainConfig(max_steps=2, warmup_steps=1, checkpoint_every=1, keep_last=1, progress=False, lr=1e-4)
     first = pretrain.ensure_pretrained(run, "text_video", config=config)

@@ -219,7 +219,10 @@ def pretraining_examples(run, subset: str = "training", config: VideoBertConfig 
     ``[CLS] [>] video [SEP]`` per segment (text-less 16-clip ones included);
     ``"text_video"``: ``[CLS] words [>] video [SEP]`` with an
     ``"alignment_label"`` (1 aligned, 0 another video's tokens,
-    ``p_misaligned``). Audio tokens follow the video where ``audio`` (default:
+    ``p_misaligned``) and ``"segment"``, the sentence's own
+    :class:`~vbert_lab.sequences.TokenSegment` before the noise (pretraining
+    draws the pair and the noise again for every batch from it:
+    ``PretrainSettings.fresh_pairs``). Audio tokens follow the video where ``audio`` (default:
     when ``config.n_audio_tokens``). Each example is a
     :func:`~vbert_lab.sequences.build_sequence` dict plus ``"video_id"``, ready
     for :class:`~vbert_lab.sequences.Collator`. Deterministic for ``seed``
@@ -233,11 +236,12 @@ def pretraining_examples(run, subset: str = "training", config: VideoBertConfig 
     segments = []
     for video in load_tokens(run, subset):
         segments += _seq.join_neighbours(_seq.segments_of(video), rng, p_join, max_join)
-    noisy = []
+    noisy, source = [], {}
     for s in segments:
         visual, stride, offset = _seq.subsample_stride(s.visual, rng, max_stride)
         sound = s.audio[offset::stride] if (audio and s.audio) else None
         noisy.append(_seq.TokenSegment(s.video_id, s.text, visual, sound))
+        source[id(noisy[-1])] = s if audio else _seq.TokenSegment(s.video_id, s.text, s.visual, None)
 
     def example(seg, text=True, video=True, label=None):
         ex = _seq.build_sequence(config, seg.text if text else (), seg.visual if video else (),
@@ -248,8 +252,14 @@ def pretraining_examples(run, subset: str = "training", config: VideoBertConfig 
         return ex
 
     with_text = [s for s in noisy if s.text]
+    pairs = []
+    for (pair, y), own in zip(_seq.alignment_pairs(with_text, rng, p_misaligned), with_text):
+        if pair.visual:
+            ex = example(pair, label=y)
+            ex["segment"] = source[id(own)]  # the sentence's own segment before the noise: for pairs drawn per batch
+            pairs.append(ex)
     return {
         "text": [example(s, video=False) for s in with_text],
         "video": [example(s, text=False) for s in noisy if s.visual],
-        "text_video": [example(s, label=y) for s, y in _seq.alignment_pairs(with_text, rng, p_misaligned) if s.visual],
+        "text_video": pairs,
     }

@@ -91,6 +91,10 @@ class PretrainSettings:
     p_join: float = 0.5
     # what the alignment head reads: "cls" (the paper) or "mean" (see VideoBertConfig.pooling)
     pooling: str = "cls"
+    # text-video pairs: True draws each batch's negatives (another video's tokens, p = 0.5) and stride noise
+    # afresh; False keeps the pairs drawn once (notebook 06's), with which every sentence always carries the same
+    # label, so the alignment head can learn the labels from the words alone and never look at the video
+    fresh_pairs: bool = True
     regime_weights: dict[str, float] = field(default_factory=lambda: {"text": 1.0, "video": 1.0, "text_video": 4.0})
 
     def __post_init__(self):
@@ -237,6 +241,46 @@ class _PretrainCollator:
         return batch
 
 
+class _PairCollator(_PretrainCollator):
+    """Text-video batches whose pairs are drawn afresh each time (``PretrainSettings.fresh_pairs``).
+
+    For each example's sentence: with probability ``p_misaligned`` the tokens of
+    a segment of another video (label 0), else its own (label 1); then the
+    paper's stride noise (a random stride 1..``max_stride``). All draws come
+    from the collator's generator, which :class:`~vbert_lab.train.ResumableLoader`
+    re-seeds before each batch, so a resumed run draws the same pairs.
+    """
+
+    def __init__(self, config: VideoBertConfig, pool: list, max_len: int | None, max_stride: int,
+                 p_misaligned: float = 0.5, **kw):
+        super().__init__(config, **kw)
+        self.pool, self.max_len, self.max_stride, self.p_misaligned = pool, max_len, max(1, int(max_stride)), p_misaligned
+
+    def _draw(self, n: int) -> int:
+        return int(torch.randint(n, (), generator=self.generator))
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        from .sequences import build_sequence
+
+        rows = []
+        for e in examples:
+            own = e["segment"]
+            shown, label = own, 1
+            if float(torch.rand((), generator=self.generator)) < self.p_misaligned:
+                for _ in range(16):  # another video's segment; the pool always holds some (checked when built)
+                    other = self.pool[self._draw(len(self.pool))]
+                    if other.video_id != own.video_id:
+                        shown, label = other, 0
+                        break
+            stride = 1 + self._draw(self.max_stride)
+            offset = self._draw(stride) if len(shown.visual) > stride else 0
+            audio = shown.audio[offset::stride] if shown.audio else None
+            row = build_sequence(self.config, own.text, shown.visual[offset::stride], audio, self.max_len)
+            row["alignment_label"] = label
+            rows.append(row)
+        return super().__call__(rows)
+
+
 def pretrain_loaders(run, config: VideoBertConfig, settings: PretrainSettings, seed: int | None = None) -> dict[str, ResumableLoader]:
     """One :class:`~vbert_lab.train.ResumableLoader` per regime of ``settings.regime_set``, over the chosen training videos.
 
@@ -254,8 +298,14 @@ def pretrain_loaders(run, config: VideoBertConfig, settings: PretrainSettings, s
         if not rows:
             raise ValueError(f"regime {regime!r}: no examples in {len(keep)} training video(s) (fraction={settings.fraction})")
         text_rate = settings.pair_text_rate if regime == "text_video" else settings.text_rate
-        collate = _PretrainCollator(config, text_rate=text_rate, video_rate=settings.video_rate,
-                                    audio_rate=settings.video_rate, seed=seed + i)
+        rates = dict(text_rate=text_rate, video_rate=settings.video_rate, audio_rate=settings.video_rate, seed=seed + i)
+        if regime == "text_video" and settings.fresh_pairs:
+            pool = [e["segment"] for e in rows]
+            if len({seg.video_id for seg in pool}) < 2:
+                raise ValueError(f"text-video pairs need >= 2 training videos with narration (fraction={settings.fraction})")
+            collate = _PairCollator(config, pool, settings.max_len or None, settings.max_stride, **rates)
+        else:
+            collate = _PretrainCollator(config, **rates)
         loaders[regime] = ResumableLoader(rows, min(settings.batch_size, len(rows)), collate, seed=seed + 100 + i)
     return loaders
 

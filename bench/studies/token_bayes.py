@@ -1,0 +1,100 @@
+"""Issue #7: how much do a step's tokens say about its verb, its noun and its caption, before any transformer?
+
+A naive-Bayes classifier over bags of tokens, fit on the training videos'
+labelled steps (``evaluate.heldout_segments(run, ("training",))``: the clips
+whose middle lies in the step) and scored on the held-out (validation and
+testing) steps, for the visual and the audio tokens separately:
+
+- ``<modality>.verb_top1`` / ``.noun_top1``: held-out accuracy;
+- ``<modality>.pairwise_alignment``: for each held-out step, the caption's
+  verb and noun score higher under its own tokens than under those of a step
+  of another video that differs in verb and noun (the negatives of
+  ``evaluate.alignment_examples``, same seed). A ranking, so chance is 0.5;
+  the model's alignment accuracy is a harder, per-pair decision.
+
+It answers whether the tokens carry what the paper's claims need, separately
+from whether pretraining learns it. Rows go to ``$OUT/token_bayes.json``.
+
+    OVR='{"tinycook_videos": 480, "extractor_epochs": 64}' python -m bench.studies.token_bayes data/exp480-s0
+
+``OVR`` (JSON) overrides fields of the ``cpu`` profile, for folders made with
+other settings; the folder's derived stages must exist (they are read, never
+rebuilt). Results of 2026-11-26 on the 2-core CPU machine: ``token_bayes_cpu.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+import vbert_lab
+from vbert_lab import evaluate
+
+SIZES = {"visual": lambda p: p.kmeans_k ** p.kmeans_depth, "audio": lambda p: p.audio_kmeans_k ** p.audio_kmeans_depth}
+
+
+def _fit(train, kind: str, modality: str, size: int, alpha: float = 0.5):
+    labels = sorted({getattr(s, kind) for s in train})
+    counts = np.full((len(labels), size), alpha)
+    prior = np.ones(len(labels))
+    for s in train:
+        c = labels.index(getattr(s, kind))
+        prior[c] += 1
+        for t in getattr(s, modality) or []:
+            counts[c, t] += 1
+    return labels, np.log(counts / counts.sum(1, keepdims=True)), np.log(prior / prior.sum())
+
+
+def _log_posterior(model, tokens) -> np.ndarray:
+    labels, log_like, log_prior = model
+    scores = log_prior + log_like[:, list(tokens or [])].sum(1)
+    return scores - np.logaddexp.reduce(scores)
+
+
+def study(data_dir: str, overrides: dict) -> dict:
+    run = vbert_lab.setup("cpu", "cpu", data_dir, 0)
+    run._data_ready = True
+    run.profile = replace(run.profile, **overrides)
+    train, held = evaluate.heldout_segments(run, ("training",)), evaluate.heldout_segments(run)
+    row = {"data": Path(data_dir).name, "overrides": overrides, "train_steps": len(train), "heldout_steps": len(held)}
+    for modality, size in SIZES.items():
+        models = {kind: _fit(train, kind, modality, size(run.profile)) for kind in ("verb", "noun")}
+        for kind, model in models.items():
+            hits = [model[0][int(np.argmax(_log_posterior(model, getattr(s, modality))))] == getattr(s, kind) for s in held]
+            row[f"{modality}.{kind}_top1"] = round(float(np.mean(hits)), 3)
+        rng, wins, pairs = random.Random(0), 0, 0
+        for s in held:  # as evaluate.alignment_examples draws its negatives
+            others = [o for o in held if o.video_id != s.video_id and o.verb != s.verb and o.noun != s.noun]
+            if not others:
+                continue
+            neg = rng.choice(others)
+
+            def score(seg, s=s):
+                return sum(_log_posterior(models[k], getattr(seg, modality))[models[k][0].index(getattr(s, k))]
+                           for k in ("verb", "noun"))
+            wins += score(s) > score(neg)
+            pairs += 1
+        row[f"{modality}.pairwise_alignment"] = round(wins / pairs, 3)
+    return row
+
+
+def main(data_dirs: list[str]) -> list[dict]:
+    out = Path(os.environ.get("OUT", "build/studies"))
+    out.mkdir(parents=True, exist_ok=True)
+    overrides = json.loads(os.environ.get("OVR", "{}"))
+    rows = []
+    for data_dir in data_dirs:
+        rows.append(study(data_dir, overrides))
+        print(json.dumps(rows[-1]), flush=True)
+    (out / "token_bayes.json").write_text(json.dumps(rows, indent=1) + "\n")
+    return rows
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
