@@ -1,12 +1,13 @@
 """What every data script shares: resumable downloads, SHA-256 checks, a manifest, safe extraction.
 
 The scripts bring real corpora to the layout TinyCook uses (``annotations.json``,
-``captions.json``, ``videos/<id>.<ext>``). Feature extraction (``vbert-lab
-extract``, also under ``torchrun``) runs on them unchanged; the later stages
-(visual words, token files, pretraining) still open their data through
-``vbert_lab.setup``, which accepts only a TinyCook folder, so a real corpus
-stops after its features for now (``10_efficiency_and_scale`` shows the path).
-Readers live in ``vbert_lab.datasets``; this file only fetches and unpacks.
+``captions.json``, ``videos/<id>.<ext>``) and mark the folder a prepared corpus
+(``corpus.json``, ``vbert_lab.corpus``). Feature extraction (``vbert-lab
+extract``, also under ``torchrun``), visual words, token files and pretraining
+(``vbert-lab pretrain``) then run on it through ``vbert_lab.setup`` unchanged;
+the zero-shot and fine-tuning lessons need TinyCook's hidden labels
+(``10_efficiency_and_scale`` walks the path). Readers live in
+``vbert_lab.datasets``; this file only fetches and unpacks.
 """
 
 from __future__ import annotations

@@ -3,9 +3,11 @@
     python data_scripts/youcook2.py annotations --root data/youcook2
     python data_scripts/youcook2.py videos --root data/youcook2 --subset validation --limit 50
     python data_scripts/youcook2.py prepare --root data/youcook2 --out data/youcook2-ready
+    PROFILE=gpu DATA_DIR=data/youcook2-ready  # then notebooks 05-07, or vbert-lab pretrain --config
 
-Card: data_scripts/cards/youcook2.md. YouCook2 has no ASR narration; pair it
-with HowTo100M captions (howto100m.py) or use its step sentences.
+Card: data_scripts/cards/youcook2.md. YouCook2 has no ASR narration: ``prepare``
+writes its step sentences as ``captions.json`` (replace it with ASR captions of
+the same videos where you have them).
 """
 
 from __future__ import annotations
@@ -80,9 +82,17 @@ def fetch_videos(root: Path, subset: str | None = None, limit: int | None = None
     return manifest
 
 
-def prepare(root: Path, out: Path, link: bool = True) -> Path:
-    """Write ``out/annotations.json`` (YouCook2 layout) for the downloaded videos, and ``out/videos/<id>.<ext>``."""
-    from vbert_lab.datasets import _load_json
+def prepare(root: Path, out: Path, link: bool = True, extractor: str = "s3d", weights: str | None = None) -> Path:
+    """A prepared corpus for the course's pipeline (``vbert_lab.corpus``) from what was downloaded.
+
+    Writes ``out/annotations.json`` (YouCook2 layout) for the downloaded videos,
+    ``out/videos/<id>.<ext>``, ``out/captions.json`` (HowTo100M layout) from the
+    step sentences where the folder has none yet (YouCook2 has no ASR narration:
+    its annotators' sentences stand in, clean and on time, easier than ASR), and
+    ``out/corpus.json`` naming the clip ``extractor`` (and its ``weights``).
+    """
+    from vbert_lab.corpus import write_corpus
+    from vbert_lab.datasets import _load_json, normalise_caption, read_youcook2_annotations
 
     annotation_file = find_annotation_file(root)
     database = _load_json(annotation_file)["database"]
@@ -100,6 +110,16 @@ def prepare(root: Path, out: Path, link: bool = True) -> Path:
                 shutil.copy2(source, target)
         kept[video_id] = {k: video[k] for k in ("duration", "subset", "recipe_type", "annotations") if k in video}
     write_json(out / "annotations.json", {"database": kept})
+    if not (out / "captions.json").exists():
+        captions: dict[str, dict[str, list]] = {}
+        for seg in read_youcook2_annotations(out / "annotations.json"):
+            if seg.sentence:  # the testing subset has no sentences
+                rows = captions.setdefault(seg.video_id, {"start": [], "end": [], "text": []})
+                rows["start"].append(seg.start)
+                rows["end"].append(seg.end)
+                rows["text"].append(normalise_caption(seg.sentence))
+        write_json(out / "captions.json", captions)
+    write_corpus(out, "youcook2", extractor=extractor, weights=weights)
     return out
 
 
@@ -118,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--copy", action="store_true", help="copy videos instead of linking them")
+    p.add_argument("--extractor", default="s3d", help="clip extractor named in corpus.json (default s3d, the paper's)")
+    p.add_argument("--weights", default=None, help="its weights (default: the extractor's own, for s3d Kinetics-400)")
     return parser
 
 
@@ -130,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             manifest = fetch_videos(args.root, args.subset, args.limit, args.retry_failed)
             print({s: len(manifest.keys_with(s)) for s in ("ok", "failed", "removed")})
         else:
-            print(prepare(args.root, args.out, link=not args.copy))
+            print(prepare(args.root, args.out, link=not args.copy, extractor=args.extractor, weights=args.weights))
     except (OSError, ValueError, RuntimeError) as err:
         print(f"youcook2: error: {err}", file=sys.stderr)
         return 1

@@ -157,6 +157,13 @@ def test_youcook2_videos_are_fetched_once_and_failures_recorded(tmp_path):
     segments = ds.read_youcook2_annotations(out / "annotations.json")
     assert {s.video_id for s in segments} == {"GLd3aX16zBg"} and len(segments) == 3
     assert (out / "videos" / "GLd3aX16zBg.mp4").read_bytes() == b"video"
+    # the step sentences stand in for narration, and the folder opens as a prepared corpus
+    captions = ds.read_howto100m_captions(out / "captions.json")
+    assert [c.text for c in captions["GLd3aX16zBg"]] == [ds.normalise_caption(s.sentence) for s in segments]
+    assert [c.start for c in captions["GLd3aX16zBg"]] == [s.start for s in segments]
+    from vbert_lab.corpus import read_corpus
+
+    assert read_corpus(out) == {"name": "youcook2", "extractor": "s3d", "weights": None}
 
 
 def test_youcook2_prepare_explains_a_missing_annotation_file(tmp_path, capsys):

@@ -1102,12 +1102,18 @@ def _prepare_train(model: TinyCook3D, clips: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- the notebooks' helpers
 
 
-def ensure_extractor(run, force: bool = False, progress: bool = True) -> TinyCook3D:
+def ensure_extractor(run, force: bool = False, progress: bool = True) -> Extractor:
     """The offline extractor of this run (profile, seed): loaded from
     ``<DATA_DIR>/derived/extractor/tinycook3d.safetensors``, trained and saved
-    there first where absent or made with other settings. Taught in ``04_clip_features``.
+    there first where absent or made with other settings. For a prepared real
+    corpus (:mod:`vbert_lab.corpus`), the extractor its ``corpus.json`` names,
+    with its weights (never trained: a real corpus has no hidden labels).
+    Taught in ``04_clip_features``.
     """
     data_dir = run.tinycook()
+    corpus = getattr(run, "corpus", None)
+    if corpus is not None:
+        return load_extractor(corpus["extractor"], weights=corpus["weights"])
     path = run.stage_dir("extractor") / "tinycook3d.safetensors"
     epochs = int(getattr(run.profile, "extractor_epochs", 8))
     split = extractor_split(data_dir, getattr(run.profile, "extractor_videos", None), seed=run.seed)

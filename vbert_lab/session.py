@@ -66,11 +66,25 @@ class Session:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    @property
+    def corpus(self) -> dict | None:
+        """The folder's prepared-corpus description (:mod:`vbert_lab.corpus`), or ``None`` for TinyCook."""
+        from .corpus import read_corpus
+
+        return read_corpus(self.data_dir)
+
     def tinycook(self, workers: int | None = None) -> Path:
-        """The TinyCook world of this profile and seed, generated on first use."""
+        """The TinyCook world of this profile and seed, generated on first use.
+
+        A prepared corpus (a folder with ``corpus.json``, see :mod:`vbert_lab.corpus`)
+        is checked and used as it is: nothing is generated.
+        """
         if not self._data_ready:
             from .tinycook import ensure_dataset
 
+            if self.corpus is not None:
+                self._data_ready = True
+                return self.data_dir
             ensure_dataset(
                 self.data_dir,
                 videos=self.profile.tinycook_videos,

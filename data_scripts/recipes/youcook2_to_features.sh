@@ -19,12 +19,13 @@ NPROC=${NPROC:-1}                      # processes for feature extraction
 EXTRACTOR=${EXTRACTOR:-s3d}            # s3d: the paper's (Kinetics-400 weights, 32 MB, fetched once)
 PYTHON=${PYTHON:-python}
 
-# 1. YouCook2: annotations, the videos still online, then the TinyCook-layout folder
+# 1. YouCook2: annotations, the videos still online, then the TinyCook-layout folder (a prepared corpus:
+#    corpus.json names the extractor; its step sentences stand in for narration in captions.json)
 $PYTHON data_scripts/youcook2.py annotations --root "$ROOT"
 $PYTHON data_scripts/youcook2.py videos --root "$ROOT" --subset "$SUBSET" --limit "$LIMIT"
 $PYTHON data_scripts/youcook2.py prepare --root "$ROOT" --out "$READY"
 
-# 2. narration: YouCook2 has none; HowTo100M's ASR captions of cooking tasks (captions.json, same layout)
+# 2. (optional) HowTo100M's ASR captions of cooking tasks, in the same layout, for HowTo100M's own videos
 if [ -n "${WITH_HOWTO100M:-}" ]; then
   $PYTHON data_scripts/howto100m.py metadata --root "$HOWTO"
   $PYTHON data_scripts/howto100m.py subset --root "$HOWTO" --category "Food and Entertaining" --limit "$LIMIT" \
@@ -35,4 +36,5 @@ fi
 $PYTHON -m torch.distributed.run --standalone --nproc_per_node="$NPROC" -m vbert_lab extract \
     --videos "$READY/videos" --out "$READY/derived/features" --extractor "$EXTRACTOR" --audio
 
-echo "features in $READY/derived/features; next: visual words (notebook 05) and pretraining (notebook 10, section 8)"
+echo "features in $READY/derived/features; $READY is a prepared corpus (corpus.json): next, visual words, token"
+echo "files and pretraining on it, e.g. vbert-lab pretrain --config FILE with \"data_dir\": \"$READY\" (notebook 10, section 8)"
