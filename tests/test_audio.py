@@ -101,6 +101,17 @@ def test_truncated_audio_does_not_crash(files):
     assert track.has_audio and 0 < track.duration_s <= 3.1
 
 
+@pytest.mark.parametrize("expected", [0, 7, 1000])  # duration unknown, too short, ample
+def test_decoded_frames_gather_into_one_buffer_whatever_the_expected_length(expected):
+    rng = np.random.default_rng(0)
+    chunks = [rng.standard_normal((2, int(k))).astype(np.float32) for k in rng.integers(1, 50, 40)]
+    samples = audio._Samples()
+    samples.expect(expected)
+    for c in chunks:
+        samples.append(c)
+    assert np.array_equal(samples.array(), np.concatenate(chunks, axis=1))
+
+
 def test_bad_paths_get_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing.mp4"):
         audio.read_audio(tmp_path / "nothing.mp4")

@@ -66,6 +66,35 @@ def resample(wave: np.ndarray, rate: int, sample_rate: int) -> np.ndarray:
     return AF.resample(torch.from_numpy(np.ascontiguousarray(wave)), int(rate), int(sample_rate)).numpy()
 
 
+class _Samples:
+    """A growing ``(C, N)`` float32 array: decoded frames are copied into one buffer (sized from the
+    stream's duration where known) instead of kept as a list and concatenated, which held the track twice."""
+
+    def __init__(self):
+        self.data: np.ndarray | None = None
+        self.n = 0
+        self.capacity = 0
+
+    def expect(self, samples: int) -> None:
+        self.capacity = max(self.capacity, int(samples))
+
+    def append(self, arr: np.ndarray) -> None:
+        k = arr.shape[1]
+        if self.data is None:
+            self.data = np.empty((arr.shape[0], max(self.capacity, k, 1)), np.float32)
+        elif self.n + k > self.data.shape[1]:  # the duration was unknown or short: grow by half
+            grown = np.empty((self.data.shape[0], max(self.n + k, self.data.shape[1] * 3 // 2)), np.float32)
+            grown[:, : self.n] = self.data[:, : self.n]
+            self.data = grown
+        self.data[:, self.n : self.n + k] = arr
+        self.n += k
+
+    def array(self) -> np.ndarray:
+        """The samples: a view of the buffer (a copy would hold the track twice; the unused tail is small)."""
+        data, self.data = self.data, None
+        return data[:, : self.n]
+
+
 def read_audio(path: str | os.PathLike, sample_rate: int | None = None, mono: bool = True) -> AudioTrack:
     """The sound track of ``path`` as an :class:`AudioTrack`; no sound track gives ``has_audio=False``.
 
@@ -76,7 +105,7 @@ def read_audio(path: str | os.PathLike, sample_rate: int | None = None, mono: bo
     import av
 
     path = _check_path(path)
-    chunks: list[np.ndarray] = []
+    buffer = _Samples()
     start_s = None
     bad = 0
     with _open(path) as container:
@@ -86,12 +115,17 @@ def read_audio(path: str | os.PathLike, sample_rate: int | None = None, mono: bo
         stream = container.streams.audio[0]
         rate = int(stream.codec_context.sample_rate)
         source_channels = int(stream.codec_context.channels)
-        try:
-            packets = list(container.demux(stream))
-        except av.FFmpegError:
-            packets = []
-            bad += 1
-        for packet in packets:
+        if stream.duration is not None and stream.time_base is not None:  # room for the whole track at once
+            buffer.expect(int(float(stream.duration * stream.time_base) * rate) + rate)
+        packets = container.demux(stream)  # one packet at a time: the compressed track is never held whole
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                break
+            except av.FFmpegError:  # a broken container: keep what was read
+                bad += 1
+                break
             try:
                 frames = packet.decode()
             except av.FFmpegError:
@@ -101,12 +135,12 @@ def read_audio(path: str | os.PathLike, sample_rate: int | None = None, mono: bo
                 if start_s is None:
                     start_s = float(frame.time) if frame.time is not None else 0.0
                 arr = _to_float(frame)
-                chunks.append(arr.mean(axis=0, keepdims=True) if mono else arr)
+                buffer.append(arr.mean(axis=0, keepdims=True) if mono else arr)
     if bad:
         warnings.warn(f"{path}: {bad} audio packet(s) could not be decoded and were skipped", BackendWarning, stacklevel=2)
-    if not chunks:
+    if not buffer.n:
         return AudioTrack(np.zeros((1, 0), np.float32), int(sample_rate or rate), 0.0, has_audio=False, source_channels=source_channels)
-    wave = np.concatenate(chunks, axis=1)
+    wave = buffer.array()
     if sample_rate is not None and sample_rate != rate:
         wave = resample(wave, rate, sample_rate)
         rate = int(sample_rate)
