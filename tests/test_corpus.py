@@ -69,7 +69,7 @@ def test_a_bad_corpus_file_names_itself_and_what_is_wrong(tmp_path, payload, mes
 def test_a_corpus_without_its_narration_says_what_is_missing(tmp_path):
     (tmp_path / "annotations.json").write_text("{}")
     (tmp_path / "videos").mkdir()
-    with pytest.raises(corpus.CorpusError, match="captions.json is missing; run data_scripts/youcook2.py prepare"):
+    with pytest.raises(corpus.CorpusError, match=r"missing: captions.json\. Run data_scripts/youcook2.py prepare"):
         corpus.write_corpus(tmp_path, "half")
     assert corpus.read_corpus(tmp_path / "elsewhere") is None  # no corpus.json: a TinyCook folder
 

@@ -58,8 +58,8 @@ def read_corpus(data_dir: str | os.PathLike) -> dict[str, Any] | None:
                           "name the network that should embed its clips")
     missing = [name for name in _REQUIRED if not (folder / name).exists()]
     if missing:
-        raise CorpusError(f"{folder}: a prepared corpus needs {', '.join(_REQUIRED)}, and {', '.join(missing)} "
-                          "is missing; run data_scripts/youcook2.py prepare (or write them in TinyCook's layout)")
+        raise CorpusError(f"{folder}: a prepared corpus needs {', '.join(_REQUIRED)}; missing: {', '.join(missing)}. "
+                          "Run data_scripts/youcook2.py prepare (or write them in TinyCook's layout)")
     weights = spec.get("weights")
     if weights not in (None, "random", "kinetics400"):
         weights = str((folder / str(weights)).resolve()) if not Path(str(weights)).is_absolute() else str(weights)
