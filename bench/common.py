@@ -43,3 +43,16 @@ def interleaved_median_seconds(fns: dict[str, Callable[[], object]], reps: int =
             fn()
             times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def main(run: Callable[..., dict], doc: str | None) -> None:
+    """``python -m bench.<name> [--quick] [--device cpu|cuda]``: print the benchmark's results as JSON."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0] if doc else None)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    print(json.dumps(run(quick=args.quick, device=args.device), indent=2))
+

@@ -27,8 +27,6 @@ alternating step by step (warm-up, then the median), so results are ratios:
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
 
@@ -143,8 +141,6 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
-    print(json.dumps(run(quick=args.quick, device=args.device), indent=2))
+    from bench.common import main
+
+    main(run, __doc__)

@@ -20,8 +20,6 @@ so ``hf_mfu`` counts only the useful part of what BertForMaskedLM computes.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
 
@@ -174,8 +172,6 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
-    print(json.dumps(run(quick=args.quick, device=args.device), indent=2))
+    from bench.common import main
+
+    main(run, __doc__)
