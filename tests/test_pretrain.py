@@ -142,3 +142,55 @@ def test_cli_pretrains_from_a_config_file(run, tmp_path, capsys, monkeypatch):
     assert "checkpoint:" in capsys.readouterr().out
     assert json.loads((out / "train_config.json").read_text())["max_steps"] == 2
     assert [r["regime"] for r in read_metrics(out / "metrics.jsonl")] == ["video", "video"]
+
+
+def test_salient_words_are_masked_together_and_misaligned_pairs_only_teach_alignment(run):
+    settings = pretrain.default_settings(run, salient_rate=0.5, mask_negatives=False)
+    cfg = pretrain.build_model(run, settings).config
+    loader = pretrain.pretrain_loaders(run, cfg, settings)["text_video"]
+    salient = torch.tensor(pretrain.salient_token_ids(settings))
+    assert len(salient) == 39  # TinyCook's 15 verbs and 24 ingredients, one WordPiece each
+    assert loader.collate_fn.salient_rate == 0.5 and torch.equal(loader.collate_fn.salient_ids, salient.sort().values)
+    jn = cfg.special_token_id("[>]")
+    kinds = {"salient": 0, "negative": 0, "positive": 0}
+    masked = [0, 0]  # [MASK]s shown in negatives and in plain positives
+    for b in range(6):
+        examples = list(loader.dataset)
+        batch = loader._collate(0, b, examples)
+        for r, e in enumerate(examples):
+            ids, labels = batch["input_ids"][r].tolist(), batch["mlm_labels"][r]
+            k = ids.index(jn)
+            text = torch.tensor(e["segment"].text[: k - 1])  # what the row's words were before masking
+            shown, lab = torch.tensor(ids[1:k]), labels[1:k]
+            is_salient = torch.isin(text, salient)
+            y = int(batch["alignment_labels"][r])
+            if y == -100:  # its own video; every salient word hidden and predicted; no alignment label
+                kinds["salient"] += 1
+                assert (shown[is_salient] == cfg.mask_token_id).all() and torch.equal(lab[is_salient], text[is_salient])
+            elif y == 0:  # another video: alignment only; masked like the rest (masks must not tell), nothing predicted
+                kinds["negative"] += 1
+                assert (labels == -100).all()
+                masked[0] += int((shown == cfg.mask_token_id).sum())
+            else:
+                kinds["positive"] += 1
+                masked[1] += int((shown == cfg.mask_token_id).sum())
+    assert all(n > 0 for n in kinds.values()), kinds
+    assert masked[0] > 0 and masked[1] > 0
+    with pytest.raises(ValueError, match="WordPiece tokens"):
+        pretrain.salient_token_ids(pretrain.default_settings(run, salient_words=["julienne"]))
+    with pytest.raises(ValueError, match="needs fresh_pairs"):
+        pretrain.default_settings(run, salient_rate=0.5, fresh_pairs=False)
+
+
+def test_alignment_loss_ignores_rows_labelled_minus_100(run):
+    model = pretrain.build_model(run, pretrain.default_settings(run)).eval()
+    batch = next(iter(pretrain.pretrain_loaders(run, model.config, pretrain.default_settings(run))["text_video"]))
+    batch.pop("mlm_labels")
+    y = batch.pop("alignment_labels")
+    full = model(**batch, alignment_labels=y)
+    part = y.clone()
+    part[0] = -100
+    expected = torch.nn.functional.cross_entropy(full.alignment_logits[1:], y[1:])
+    torch.testing.assert_close(model(**batch, alignment_labels=part).losses["alignment"], expected)
+    none = model(**batch, alignment_labels=torch.full_like(y, -100)).losses["alignment"]
+    assert float(none.detach()) == 0.0 and none.requires_grad  # no NaN, and the graph is kept (DDP needs every head used)

@@ -436,7 +436,7 @@ class VideoBert(nn.Module):
 
         ``mlm_labels`` ``(B, T)``: the original id at masked positions,
         ``-100`` elsewhere (logits are computed only where it is not -100);
-        ``alignment_labels`` ``(B,)``: 1 when text and video belong together;
+        ``alignment_labels`` ``(B,)``: 1 when text and video belong together, 0 when not, -100 to ignore;
         ``labels`` ``(B,)`` sequence classes; ``token_labels`` ``(B, T)``
         (-100 = ignore). Taught in ``02_bert_encoder_and_mlm``.
         """
@@ -450,8 +450,10 @@ class VideoBert(nn.Module):
             out.losses["masked_tokens"] = F.cross_entropy(out.masked_logits, mlm_labels[where])
         pooled = self.pooler(hidden, attention_mask)  # (B, H)
         out.alignment_logits = self.alignment_head(pooled)  # (B, 2)
-        if alignment_labels is not None:
-            out.losses["alignment"] = F.cross_entropy(out.alignment_logits, alignment_labels.long())
+        if alignment_labels is not None:  # rows labelled -100 take no part (none at all: a zero loss, graph kept)
+            labelled = alignment_labels != IGNORE_INDEX
+            out.losses["alignment"] = (F.cross_entropy(out.alignment_logits[labelled], alignment_labels[labelled].long())
+                                       if labelled.any() else out.alignment_logits.sum() * 0.0)
         if self.classifier is not None:
             out.logits = self.classifier(self.head_drop(pooled))  # (B, num_labels)
             if labels is not None:

@@ -55,6 +55,7 @@ __all__ = [
     "truncate_layers",
     "training_videos",
     "pretrain_loaders",
+    "salient_token_ids",
     "pretrain",
     "ensure_pretrained",
     "load_pretrain_config",
@@ -89,13 +90,27 @@ class PretrainSettings:
     # sentence spans about 3 clips, so a stride of 5 would leave one token), neighbouring sentences joined (p_join)
     max_stride: int = 2
     p_join: float = 0.5
-    # what the alignment head reads: "cls" (the paper) or "mean" (see VideoBertConfig.pooling)
-    pooling: str = "cls"
+    # what the alignment head reads: "cls" (the paper's) or "mean" (see VideoBertConfig.pooling). "mean" here:
+    # MiniLM's [CLS] attends almost only to itself, and the alignment gradient through it is too weak to change that
+    # (bench/studies/cls_probe.py: [CLS]'s state barely varies across pairs); the mean reads every position
+    pooling: str = "mean"
     # text-video pairs: True draws each batch's negatives (another video's tokens, p = 0.5) and stride noise
     # afresh; False keeps the pairs drawn once (notebook 06's), with which every sentence always carries the same
     # label, so the alignment head can learn the labels from the words alone and never look at the video
     fresh_pairs: bool = True
-    regime_weights: dict[str, float] = field(default_factory=lambda: {"text": 1.0, "video": 1.0, "text_video": 4.0})
+    # salient-word masking (not the paper's; REALM's "salient spans"): salient_rate of the text-video examples show
+    # the sentence with its own video and every salient word masked at once, so that only the video can tell them;
+    # they teach no alignment (their label is ignored: masked words next to a true video would be a give-away).
+    # Salient words: salient_words, or, when empty, TinyCook's verbs and ingredients (the cooking vocabulary the
+    # zero-shot template asks for). Needs fresh_pairs.
+    salient_rate: float = 0.5
+    salient_words: list[str] = field(default_factory=list)
+    # masked tokens of misaligned pairs (label 0) are predicted too (False: only alignment is learnt from them,
+    # as in UNITER: their words predicted from another video's tokens would teach the model to ignore the video;
+    # they are masked all the same, so that masks do not tell the pairs apart)
+    mask_negatives: bool = False
+    # one regime per step, drawn with these weights: most steps are text-video, the only regime that ties words to video
+    regime_weights: dict[str, float] = field(default_factory=lambda: {"text": 1.0, "video": 1.0, "text_video": 12.0})
 
     def __post_init__(self):
         if self.regime_set not in REGIME_SETS:
@@ -105,10 +120,13 @@ class PretrainSettings:
         for name in ("num_layers", "batch_size", "max_len"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0 (0: the profile's value)")
-        for name in ("text_rate", "video_rate", "pair_text_rate"):
+        for name in ("text_rate", "video_rate", "pair_text_rate", "salient_rate"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1]")
         self.regime_weights = {k: float(v) for k, v in self.regime_weights.items()}
+        self.salient_words = [str(w) for w in self.salient_words]
+        if self.salient_rate > 0 and not self.fresh_pairs:
+            raise ValueError(f"salient_rate={self.salient_rate} draws its examples with the pairs: it needs fresh_pairs=True")
 
     @property
     def regimes(self) -> tuple[str, ...]:
@@ -214,11 +232,13 @@ class _PretrainCollator:
     token, drawn from the same seeded generator, becomes ``[MASK]``.
     """
 
-    def __init__(self, config: VideoBertConfig, **kw):
+    def __init__(self, config: VideoBertConfig, salient_ids=(), mask_negatives: bool = True, **kw):
         from .sequences import Collator
 
         self.inner = Collator(config, mask=True, **kw)
         self.config = config
+        self.salient_ids = torch.as_tensor(sorted({int(i) for i in salient_ids}), dtype=torch.long)
+        self.mask_negatives = bool(mask_negatives)
 
     @property
     def generator(self) -> torch.Generator:  # re-seeded by ResumableLoader before each batch
@@ -227,8 +247,22 @@ class _PretrainCollator:
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         from .model import IGNORE_INDEX
 
+        salient = torch.tensor([bool(e.get("salient", False)) for e in examples])
+        original = [e["input_ids"] for e in examples]
         batch = self.inner(examples)
         labels = batch["mlm_labels"]
+        aligned = batch.get("alignment_labels")
+        if aligned is not None and (not self.mask_negatives or salient.any()):
+            ids = torch.full_like(batch["input_ids"], self.config.pad_token_id)
+            for b, row in enumerate(original):
+                ids[b, : len(row)] = row
+            if not self.mask_negatives:  # a misaligned pair's masked tokens are not predicted; they stay masked,
+                labels[aligned == 0] = IGNORE_INDEX  # or "no [MASK] in sight" would give its label away
+            if salient.any():  # every salient word masked and predicted; the alignment label ignored
+                where = salient.unsqueeze(1) & torch.isin(ids, self.salient_ids)
+                batch["input_ids"] = torch.where(where, torch.full_like(ids, self.config.mask_token_id), batch["input_ids"])
+                labels[where] = ids[where]
+                aligned[salient] = IGNORE_INDEX
         if (labels == IGNORE_INDEX).all():
             cfg = self.config
             special = torch.tensor([cfg.pad_token_id, cfg.cls_token_id, cfg.sep_token_id, cfg.mask_token_id,
@@ -252,9 +286,10 @@ class _PairCollator(_PretrainCollator):
     """
 
     def __init__(self, config: VideoBertConfig, pool: list, max_len: int | None, max_stride: int,
-                 p_misaligned: float = 0.5, **kw):
+                 p_misaligned: float = 0.5, salient_rate: float = 0.0, **kw):
         super().__init__(config, **kw)
         self.pool, self.max_len, self.max_stride, self.p_misaligned = pool, max_len, max(1, int(max_stride)), p_misaligned
+        self.salient_rate = float(salient_rate) if len(self.salient_ids) else 0.0
 
     def _draw(self, n: int) -> int:
         return int(torch.randint(n, (), generator=self.generator))
@@ -266,7 +301,8 @@ class _PairCollator(_PretrainCollator):
         for e in examples:
             own = e["segment"]
             shown, label = own, 1
-            if float(torch.rand((), generator=self.generator)) < self.p_misaligned:
+            salient = self.salient_rate > 0 and float(torch.rand((), generator=self.generator)) < self.salient_rate
+            if not salient and float(torch.rand((), generator=self.generator)) < self.p_misaligned:
                 for _ in range(16):  # another video's segment; the pool always holds some (checked when built)
                     other = self.pool[self._draw(len(self.pool))]
                     if other.video_id != own.video_id:
@@ -276,9 +312,22 @@ class _PairCollator(_PretrainCollator):
             offset = self._draw(stride) if len(shown.visual) > stride else 0
             audio = shown.audio[offset::stride] if shown.audio else None
             row = build_sequence(self.config, own.text, shown.visual[offset::stride], audio, self.max_len)
-            row["alignment_label"] = label
+            row["alignment_label"], row["salient"] = label, salient
             rows.append(row)
         return super().__call__(rows)
+
+
+def salient_token_ids(settings: PretrainSettings) -> list[int]:
+    """WordPiece ids of ``settings.salient_words`` (default: TinyCook's verbs and ingredients), one per word.
+
+    A word that splits into several WordPieces raises ``ValueError``: it
+    could not be masked, nor ranked by the zero-shot template, as one token.
+    """
+    from .evaluate import label_token_ids
+    from .text import load_wordpiece
+    from .tinycook import INGREDIENTS, VERBS
+
+    return label_token_ids(load_wordpiece(), settings.salient_words or [*VERBS, *INGREDIENTS])
 
 
 def pretrain_loaders(run, config: VideoBertConfig, settings: PretrainSettings, seed: int | None = None) -> dict[str, ResumableLoader]:
@@ -299,11 +348,15 @@ def pretrain_loaders(run, config: VideoBertConfig, settings: PretrainSettings, s
             raise ValueError(f"regime {regime!r}: no examples in {len(keep)} training video(s) (fraction={settings.fraction})")
         text_rate = settings.pair_text_rate if regime == "text_video" else settings.text_rate
         rates = dict(text_rate=text_rate, video_rate=settings.video_rate, audio_rate=settings.video_rate, seed=seed + i)
+        if regime == "text_video":
+            rates.update(salient_ids=salient_token_ids(settings) if settings.salient_rate > 0 else (),
+                         mask_negatives=settings.mask_negatives)
         if regime == "text_video" and settings.fresh_pairs:
             pool = [e["segment"] for e in rows]
             if len({seg.video_id for seg in pool}) < 2:
                 raise ValueError(f"text-video pairs need >= 2 training videos with narration (fraction={settings.fraction})")
-            collate = _PairCollator(config, pool, settings.max_len or None, settings.max_stride, **rates)
+            collate = _PairCollator(config, pool, settings.max_len or None, settings.max_stride,
+                                    salient_rate=settings.salient_rate, **rates)
         else:
             collate = _PretrainCollator(config, **rates)
         loaders[regime] = ResumableLoader(rows, min(settings.batch_size, len(rows)), collate, seed=seed + 100 + i)

@@ -31,8 +31,15 @@ from vbert_lab.text import load_wordpiece
 
 TV8 = {"text": 1.0, "video": 1.0, "text_video": 8.0}
 TV16 = {"text": 1.0, "video": 1.0, "text_video": 16.0}
-# (name, steps, settings): lr, num_layers and the PretrainSettings fields
+# the defaults before salient-word masking (2026-11-27): the paper's [CLS], every masked token predicted
+BEFORE = {"pooling": "cls", "salient_rate": 0.0, "mask_negatives": True, "regime_weights": {"text": 1.0, "video": 1.0, "text_video": 4.0}}
+# (name, steps, settings): lr, num_layers, loss_weights and the PretrainSettings fields; {} is today's defaults
 SETTINGS = [
+    ("salient300", 300, {}),
+    ("salient1000", 1000, {}),
+    ("salient3000", 3000, {}),
+    ("salient1000-aw10", 1000, {"loss_weights": {"alignment": 10.0}}),
+] + [(name, steps, {**BEFORE, **kw}) for name, steps, kw in [
     ("base300", 300, {}),
     ("mean300", 300, {"pooling": "mean"}),
     ("mean1000", 1000, {"pooling": "mean"}),
@@ -48,7 +55,7 @@ SETTINGS = [
     ("tv8-lr1e-3-300-pt03", 300, {"pooling": "mean", "lr": 1e-3, "regime_weights": TV8, "pair_text_rate": 0.3}),
     ("tv8-lr1e-3-600", 600, {"pooling": "mean", "lr": 1e-3, "regime_weights": TV8}),
     ("tv8-1000", 1000, {"pooling": "mean", "regime_weights": TV8}),
-]
+]]
 
 
 def _use_saved_stages() -> None:
@@ -77,7 +84,8 @@ def main(data_dirs: list[str]) -> list[dict]:
             run._data_ready = True  # the JSON files are there; no videos needed
             heldout = evaluate.heldout_segments(run)
             lr, layers = kw.pop("lr", run.profile.pretrain_lr), kw.pop("num_layers", 0)
-            config = pretrain.default_train_config(run, max_steps=steps, lr=lr, progress=False, checkpoint_every=steps)
+            config = pretrain.default_train_config(run, max_steps=steps, lr=lr, progress=False, checkpoint_every=steps,
+                                                   loss_weights=kw.pop("loss_weights", {}))
             folder = out / "runs" / f"{Path(data_dir).name}-{name}"
             started = time.time()
             settings = pretrain.default_settings(run, regime_set="text_video", num_layers=layers, **kw)

@@ -10,7 +10,10 @@ testing) steps, for the visual and the audio tokens separately:
   verb and noun score higher under its own tokens than under those of a step
   of another video that differs in verb and noun (the negatives of
   ``evaluate.alignment_examples``, same seed). A ranking, so chance is 0.5;
-  the model's alignment accuracy is a harder, per-pair decision.
+  the model's alignment accuracy is a harder, per-pair decision;
+- ``features.verb_top1`` / ``.noun_top1``: a logistic regression on the
+  step's mean clip feature (the extractor's output, before k-means): the
+  ceiling the tokens inherit.
 
 It answers whether the tokens carry what the paper's claims need, separately
 from whether pretraining learns it. Rows go to ``$OUT/token_bayes.json``.
@@ -81,7 +84,38 @@ def study(data_dir: str, overrides: dict) -> dict:
             wins += score(s) > score(neg)
             pairs += 1
         row[f"{modality}.pairwise_alignment"] = round(wins / pairs, 3)
+    row.update(_feature_probe(run, train, held))
     return row
+
+
+def _feature_probe(run, train, held) -> dict:
+    """Logistic regression on each step's mean clip feature: what the extractor kept, before any k-means."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from vbert_lab import pipeline
+
+    features, meta = pipeline.clip_features(run)
+    rows_of = {}
+    for i, m in enumerate(meta):  # a clip belongs to a step when its middle does (as in evaluate.heldout_segments)
+        rows_of.setdefault(m["video"], []).append((i, (m["start_s"] + m["end_s"]) / 2))
+
+    def mean_feature(s):
+        rows = [i for i, mid in rows_of.get(s.video_id, []) if s.start <= mid < s.end]
+        return features[rows].mean(0).numpy() if rows else None
+
+    data = {}
+    for name, steps in (("train", train), ("held", held)):
+        pairs = [(mean_feature(s), s) for s in steps]
+        data[name] = [(f, s) for f, s in pairs if f is not None]
+    scale = StandardScaler().fit([f for f, _ in data["train"]])
+    out = {}
+    for kind in ("verb", "noun"):
+        clf = LogisticRegression(max_iter=2000, C=0.5).fit(scale.transform([f for f, _ in data["train"]]),
+                                                           [getattr(s, kind) for _, s in data["train"]])
+        out[f"features.{kind}_top1"] = round(float(clf.score(scale.transform([f for f, _ in data["held"]]),
+                                                             [getattr(s, kind) for _, s in data["held"]])), 3)
+    return out
 
 
 def main(data_dirs: list[str]) -> list[dict]:
