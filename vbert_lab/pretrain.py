@@ -98,8 +98,8 @@ class PretrainSettings:
     # afresh; False keeps the pairs drawn once (notebook 06's), with which every sentence always carries the same
     # label, so the alignment head can learn the labels from the words alone and never look at the video
     fresh_pairs: bool = True
-    # salient-word masking (not the paper's; REALM's "salient spans"): salient_rate of the text-video examples show
-    # the sentence with its own video and every salient word masked at once, so that only the video can tell them;
+    # salient-word masking (not the paper's; REALM's "salient spans"): salient_rate of the text-video examples whose
+    # sentence has salient words show it with its own video and every salient word masked at once, so that only the video can tell them;
     # they teach no alignment (their label is ignored: masked words next to a true video would be a give-away).
     # Salient words: salient_words, or, when empty, TinyCook's verbs and ingredients (the cooking vocabulary the
     # zero-shot template asks for). Needs fresh_pairs.
@@ -126,7 +126,8 @@ class PretrainSettings:
         self.regime_weights = {k: float(v) for k, v in self.regime_weights.items()}
         self.salient_words = [str(w) for w in self.salient_words]
         if self.salient_rate > 0 and not self.fresh_pairs:
-            raise ValueError(f"salient_rate={self.salient_rate} draws its examples with the pairs: it needs fresh_pairs=True")
+            raise ValueError(f"salient_rate={self.salient_rate} draws its examples with the pairs, which needs fresh_pairs=True; "
+                             "with fresh_pairs=False set salient_rate=0")
 
     @property
     def regimes(self) -> tuple[str, ...]:
@@ -278,8 +279,10 @@ class _PretrainCollator:
 class _PairCollator(_PretrainCollator):
     """Text-video batches whose pairs are drawn afresh each time (``PretrainSettings.fresh_pairs``).
 
-    For each example's sentence: with probability ``p_misaligned`` the tokens of
-    a segment of another video (label 0), else its own (label 1); then the
+    For each example's sentence: if it has salient words, with probability
+    ``salient_rate`` a salient-word row (its own video, every salient word
+    masked, alignment label ignored); otherwise, with probability ``p_misaligned``, the tokens of
+    a segment of another video (label 0), else its own (label 1). Then the
     paper's stride noise (a random stride 1..``max_stride``). All draws come
     from the collator's generator, which :class:`~vbert_lab.train.ResumableLoader`
     re-seeds before each batch, so a resumed run draws the same pairs.
@@ -302,6 +305,7 @@ class _PairCollator(_PretrainCollator):
             own = e["segment"]
             shown, label = own, 1
             salient = self.salient_rate > 0 and float(torch.rand((), generator=self.generator)) < self.salient_rate
+            salient = salient and bool(torch.isin(torch.as_tensor(own.text, dtype=torch.long), self.salient_ids).any())
             if not salient and float(torch.rand((), generator=self.generator)) < self.p_misaligned:
                 for _ in range(16):  # another video's segment; the pool always holds some (checked when built)
                     other = self.pool[self._draw(len(self.pool))]
