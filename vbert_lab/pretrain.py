@@ -68,6 +68,9 @@ REGIME_SETS: dict[str, tuple[str, ...]] = {
     "text_video": ("text", "video", "text_video"),  # VideoBERT: the three regimes, alignment on [CLS]
 }
 SETTINGS_FILE = "pretrain.json"
+# Bumped whenever the same settings come to mean different training (how pairs are drawn or masked, say), so that
+# ensure_pretrained does not reuse a run made by the earlier code. 2: salient-word rows only for sentences with one.
+RECIPE_VERSION = 2
 
 
 @dataclass
@@ -380,7 +383,8 @@ def _fingerprint(run, settings: PretrainSettings, config: TrainConfig) -> dict:
 
     tokens = json.loads((ensure_tokens(run) / "tokens.json").read_text()).get("fingerprint")
     train = {k: v for k, v in config.to_dict().items() if k not in ("resume", "progress", "device", "log_every", "eval_every")}
-    return {"settings": settings.to_dict(), "train": train, "tokens": tokens, "profile": run.profile.name, "seed": run.seed}
+    return {"settings": settings.to_dict(), "train": train, "tokens": tokens, "profile": run.profile.name, "seed": run.seed,
+            "recipe": RECIPE_VERSION}
 
 
 def pretrain(run, settings: PretrainSettings, config: TrainConfig, out_dir: str | os.PathLike,
