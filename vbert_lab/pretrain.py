@@ -16,6 +16,11 @@ Taught in ``07_videobert_pretraining``. Orchestration only: the loop is
   prior (TinyCook's narration only), ``"video"`` masked visual tokens only,
   ``"text_video"`` is VideoBERT: text-only, video-only and text-video with
   linguistic-visual alignment, mixed by :attr:`PretrainSettings.regime_weights`.
+  Two departures from the paper, both settings: salient-word masking
+  (:attr:`PretrainSettings.salient_rate`) and misaligned pairs that teach
+  alignment only (:attr:`PretrainSettings.mask_negatives`); without them the
+  model learns to guess a masked verb from the words beside it and never
+  reads the video (``bench/studies/video_probe.py``).
 - :func:`pretrain_loaders`: one :class:`~vbert_lab.train.ResumableLoader`
   per regime over the training videos (``fraction`` of them, for the data
   scaling study), each with its own masking :class:`~vbert_lab.sequences.Collator`.
@@ -65,7 +70,7 @@ __all__ = [
 REGIME_SETS: dict[str, tuple[str, ...]] = {
     "text": ("text",),  # the language prior: narration only
     "video": ("video",),  # masked visual tokens only
-    "text_video": ("text", "video", "text_video"),  # VideoBERT: the three regimes, alignment on [CLS]
+    "text_video": ("text", "video", "text_video"),  # VideoBERT: the three regimes, alignment on the pooled state
 }
 SETTINGS_FILE = "pretrain.json"
 # Bumped whenever the same settings come to mean different training (how pairs are drawn or masked, say), so that
