@@ -165,8 +165,9 @@ def test_salient_words_are_masked_together_and_misaligned_pairs_only_teach_align
             is_salient = torch.isin(text, salient)
             y = int(batch["alignment_labels"][r])
             if y == -100:  # a sentence with salient words, its own video; all of them hidden and predicted; no label
-                kinds["salient"] += 1
-                assert is_salient.any() and (shown[is_salient] == cfg.mask_token_id).all() and torch.equal(lab[is_salient], text[is_salient])
+                kinds["salient"] += 1  # (max_len may cut the sentence before its salient words: then none show)
+                assert torch.isin(torch.tensor(e["segment"].text), salient).any()
+                assert (shown[is_salient] == cfg.mask_token_id).all() and torch.equal(lab[is_salient], text[is_salient])
             elif y == 0:  # another video: alignment only; masked like the rest (masks must not tell), nothing predicted
                 kinds["negative"] += 1
                 assert (labels == -100).all()
