@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import torch
 
@@ -36,7 +37,8 @@ from vbert_lab.text import load_wordpiece
 
 
 def probe(data_dir: str, checkpoint: str, n: int = 128) -> dict:
-    run = vbert_lab.setup("cpu", "cpu", data_dir, 0)
+    seed = json.loads((Path(data_dir) / "tinycook.json").read_text())["seed"]  # the folder's own: another rebuilds its stages
+    run = vbert_lab.setup("cpu", "cpu", data_dir, int(seed))
     run._data_ready = True
     model = VideoBert.from_pretrained(checkpoint).eval()
     pairs = evaluate.alignment_examples(model.config, evaluate.heldout_segments(run), seed=0, tokenizer=load_wordpiece())[:n]

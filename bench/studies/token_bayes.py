@@ -61,7 +61,8 @@ def _log_posterior(model, tokens) -> np.ndarray:
 
 
 def study(data_dir: str, overrides: dict) -> dict:
-    run = vbert_lab.setup("cpu", "cpu", data_dir, 0)
+    seed = int(json.loads((Path(data_dir) / "tinycook.json").read_text())["seed"])  # the folder's seed: another
+    run = vbert_lab.setup("cpu", "cpu", data_dir, seed)  # would not match its derived stages, which would be rebuilt
     run._data_ready = True
     run.profile = replace(run.profile, **overrides)
     train, held = evaluate.heldout_segments(run, ("training",)), evaluate.heldout_segments(run)

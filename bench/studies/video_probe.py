@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import random
 import sys
+from pathlib import Path
 
 import torch
 
@@ -34,7 +35,8 @@ from vbert_lab.tinycook import INGREDIENTS, VERBS
 
 @torch.no_grad()
 def probe(data_dir: str, checkpoint: str) -> dict:
-    run = vbert_lab.setup("cpu", "cpu", data_dir, 0)
+    seed = json.loads((Path(data_dir) / "tinycook.json").read_text())["seed"]  # the folder's own: another rebuilds its stages
+    run = vbert_lab.setup("cpu", "cpu", data_dir, int(seed))
     run._data_ready = True
     model = VideoBert.from_pretrained(checkpoint).eval()
     cfg, tokenizer = model.config, load_wordpiece()
