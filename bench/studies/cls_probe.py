@@ -25,11 +25,10 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import torch
 
-import vbert_lab
+from bench.studies._common import open_folder
 from vbert_lab import evaluate
 from vbert_lab.model import VideoBert
 from vbert_lab.sequences import Collator
@@ -37,9 +36,7 @@ from vbert_lab.text import load_wordpiece
 
 
 def probe(data_dir: str, checkpoint: str, n: int = 128) -> dict:
-    seed = json.loads((Path(data_dir) / "tinycook.json").read_text())["seed"]  # the folder's own: another rebuilds its stages
-    run = vbert_lab.setup("cpu", "cpu", data_dir, int(seed))
-    run._data_ready = True
+    run = open_folder(data_dir)
     model = VideoBert.from_pretrained(checkpoint).eval()
     pairs = evaluate.alignment_examples(model.config, evaluate.heldout_segments(run), seed=0, tokenizer=load_wordpiece())[:n]
     batch = Collator(model.config, mask=False)(pairs)

@@ -13,7 +13,10 @@ videos): the codebook and token stages are read as they are, so the study can
 run on a machine the videos were not copied to. ``DEVICE`` (default cuda),
 ``SCALE`` (multiplies every step count, for a smoke run) and ``BUDGET``
 (seconds; later settings are skipped once it is spent) are read from the
-environment. Results of 2026-11-26 on an H100: ``pretrain_sweep_h100.json``.
+environment, and ``ROWS`` (comma-separated setting names, run in that order;
+default all). Results of 2026-11-26 on an H100 (the settings before salient
+masking): ``pretrain_sweep_h100.json``; of 2026-11-27 on an H200 (the
+``salient*`` rows, two device runs): ``pretrain_sweep_h200_salient.json``.
 """
 
 from __future__ import annotations
@@ -24,9 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-import vbert_lab
-from vbert_lab import evaluate, pipeline, pretrain
-from vbert_lab.kmeans import HierarchicalKMeans
+from bench.studies._common import open_folder, use_saved_stages
+from vbert_lab import evaluate, pretrain
 from vbert_lab.text import load_wordpiece
 
 TV8 = {"text": 1.0, "video": 1.0, "text_video": 8.0}
@@ -36,9 +38,14 @@ BEFORE = {"pooling": "cls", "salient_rate": 0.0, "mask_negatives": True, "regime
 # (name, steps, settings): lr, num_layers, loss_weights and the PretrainSettings fields; {} is today's defaults
 SETTINGS = [
     ("salient300", 300, {}),
+    ("salient300-lr1e-3", 300, {"lr": 1e-3}),
+    ("salient300-aw5", 300, {"loss_weights": {"alignment": 5.0}}),
+    ("salient300-L6", 300, {"num_layers": 6}),
+    ("salient300-sr025", 300, {"salient_rate": 0.25}),
     ("salient1000", 1000, {}),
-    ("salient3000", 3000, {}),
     ("salient1000-aw10", 1000, {"loss_weights": {"alignment": 10.0}}),
+    ("salient3000", 3000, {}),
+    ("salient3000-aw5", 3000, {"loss_weights": {"alignment": 5.0}}),
 ] + [(name, steps, {**BEFORE, **kw}) for name, steps, kw in [
     ("base300", 300, {}),
     ("mean300", 300, {"pooling": "mean"}),
@@ -58,30 +65,27 @@ SETTINGS = [
 ]]
 
 
-def _use_saved_stages() -> None:
-    """Read the codebooks and token files as they are on disk (they were made, with the videos, elsewhere)."""
-    pipeline.ensure_codebook = lambda run, modality="visual", **kw: HierarchicalKMeans.load(
-        run.stage_dir("codebook") / modality, device="cpu")
-    pipeline.ensure_tokens = lambda run, **kw: run.stage_dir("tokens")
-
-
 def main(data_dirs: list[str]) -> list[dict]:
     out = Path(os.environ.get("OUT", "build/studies"))
     out.mkdir(parents=True, exist_ok=True)
     device, scale = os.environ.get("DEVICE", "cuda"), float(os.environ.get("SCALE", "1"))
     budget, t0 = float(os.environ.get("BUDGET", "inf")), time.time()
-    _use_saved_stages()
+    use_saved_stages()
     tokenizer = load_wordpiece()
     rows, priors = [], {}
-    for name, full_steps, setting in SETTINGS:
+    only = [n for n in os.environ.get("ROWS", "").split(",") if n]
+    unknown = sorted(set(only) - {name for name, _, _ in SETTINGS})
+    if unknown:
+        raise SystemExit(f"ROWS names unknown settings {unknown}; choose from {[name for name, _, _ in SETTINGS]}")
+    by_name = {name: (name, steps, setting) for name, steps, setting in SETTINGS}
+    for name, full_steps, setting in [by_name[n] for n in only] if only else SETTINGS:
         for data_dir in data_dirs:
             if time.time() - t0 > budget:
                 print(f"skipped {name} on {data_dir}: budget spent", flush=True)
                 continue
             kw = dict(setting)
             steps = max(2, int(full_steps * scale))
-            run = vbert_lab.setup("cpu", device, data_dir, 0)
-            run._data_ready = True  # the JSON files are there; no videos needed
+            run = open_folder(data_dir, device)
             heldout = evaluate.heldout_segments(run)
             lr, layers = kw.pop("lr", run.profile.pretrain_lr), kw.pop("num_layers", 0)
             config = pretrain.default_train_config(run, max_steps=steps, lr=lr, progress=False, checkpoint_every=steps,

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-import vbert_lab
+from bench.studies._common import open_folder
 from vbert_lab import evaluate
 
 SIZES = {"visual": lambda p: p.kmeans_k ** p.kmeans_depth, "audio": lambda p: p.audio_kmeans_k ** p.audio_kmeans_depth}
@@ -61,9 +61,7 @@ def _log_posterior(model, tokens) -> np.ndarray:
 
 
 def study(data_dir: str, overrides: dict) -> dict:
-    seed = int(json.loads((Path(data_dir) / "tinycook.json").read_text())["seed"])  # the folder's seed: another
-    run = vbert_lab.setup("cpu", "cpu", data_dir, seed)  # would not match its derived stages, which would be rebuilt
-    run._data_ready = True
+    run = open_folder(data_dir)
     run.profile = replace(run.profile, **overrides)
     train, held = evaluate.heldout_segments(run, ("training",)), evaluate.heldout_segments(run)
     row = {"data": Path(data_dir).name, "overrides": overrides, "train_steps": len(train), "heldout_steps": len(held)}

@@ -21,11 +21,10 @@ from __future__ import annotations
 import json
 import random
 import sys
-from pathlib import Path
 
 import torch
 
-import vbert_lab
+from bench.studies._common import open_folder
 from vbert_lab import evaluate
 from vbert_lab.model import VideoBert
 from vbert_lab.sequences import Collator, build_sequence
@@ -35,9 +34,7 @@ from vbert_lab.tinycook import INGREDIENTS, VERBS
 
 @torch.no_grad()
 def probe(data_dir: str, checkpoint: str) -> dict:
-    seed = json.loads((Path(data_dir) / "tinycook.json").read_text())["seed"]  # the folder's own: another rebuilds its stages
-    run = vbert_lab.setup("cpu", "cpu", data_dir, int(seed))
-    run._data_ready = True
+    run = open_folder(data_dir)
     model = VideoBert.from_pretrained(checkpoint).eval()
     cfg, tokenizer = model.config, load_wordpiece()
     held = [s for s in evaluate.heldout_segments(run) if s.caption]
