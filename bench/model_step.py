@@ -4,8 +4,9 @@ Forward and backward on the same batch: ``[CLS] text [>] video [SEP]``, 15%
 of the tokens masked, a joint vocabulary of BERT's 30,522 WordPiece ids, the
 ``[>]`` token and 20,736 visual tokens (12^4, the paper's). Both models have
 the same sizes (on the CPU all-MiniLM-L6-v2's, the checkpoint the course
-loads; on a GPU BERT-base's, the paper's, at 32 x 256 tokens), the same dropout, and the same weights (copied with
-``vbert_lab.hf``), and the losses are checked equal before anything is timed.
+loads; on a GPU BERT-base's, the paper's, at 32 x 256 tokens), the same
+dropout, and the same weights (copied with ``vbert_lab.hf``), and the losses
+are checked equal before anything is timed.
 The two are timed in alternation (warm-up, then the median of the reps).
 
 Where the gain comes from: ``BertForMaskedLM`` computes the MLM head over
