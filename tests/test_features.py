@@ -138,6 +138,31 @@ def test_training_is_deterministic_and_the_file_round_trips(tc, tmp_path):
         features.load_tinycook3d(tmp_path / "bad.safetensors")
 
 
+def test_pooling_takes_the_strongest_place_in_the_frame_and_old_files_keep_the_average(tmp_path):
+    torch.manual_seed(0)
+    model = features.TinyCook3D(TINY).eval()
+    x = torch.randn(2, 3, 15, 64, 64)
+    with torch.no_grad():
+        fmap = model.body(x)  # (B, C, T', H', W')
+        torch.testing.assert_close(model(x), fmap.mean(2).amax(dim=(2, 3)))
+        mean_model = features.TinyCook3D(TinyCook3DConfig(channels=TINY.channels, pooling="mean")).eval()
+        mean_model.load_state_dict(model.state_dict())
+        torch.testing.assert_close(mean_model(x), fmap.mean(dim=(2, 3, 4)))
+    assert mean_model.fingerprint() != model.fingerprint()  # same weights, other features
+    with pytest.raises(ValueError, match="pooling='sum'"):
+        TinyCook3DConfig(pooling="sum")
+    # a file written before the pooling field existed: its features were averaged, and must stay so
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path = features.save_extractor(mean_model, tmp_path / "old.safetensors")
+    with safe_open(str(path), framework="pt") as fh:
+        header = json.loads(fh.metadata()["vbert_lab"])
+    del header["config"]["pooling"]
+    save_file(load_file(str(path)), str(path), metadata={"vbert_lab": json.dumps(header)})
+    assert features.load_tinycook3d(path).config.pooling == "mean"
+
+
 # --------------------------------------------------------------------------- extraction
 
 

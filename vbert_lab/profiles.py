@@ -71,7 +71,7 @@ PROFILES = {
                      latency_batch=8, latency_repeats=5,
                      finetune_steps=8, finetune_min_steps=4, finetune_epochs=2, finetune_batch=8, finetune_probe_steps=20,
                      finetune_seeds=1, finetune_fractions=(0.1, 1.0)),
-    "cpu": Profile(name="cpu", tinycook_videos=160, frame_size=128, extractor_epochs=16, extractor_videos=48,
+    "cpu": Profile(name="cpu", tinycook_videos=160, frame_size=128, extractor_epochs=32, extractor_videos=48,
                    kmeans_k=12, kmeans_depth=2, audio_kmeans_k=8, audio_kmeans_depth=2,
                    pretrain_layers=3, pretrain_steps=300, pretrain_batch=32, pretrain_max_len=64,
                    finetune_steps=80, finetune_min_steps=80, finetune_epochs=10, finetune_batch=16, finetune_probe_steps=200),
