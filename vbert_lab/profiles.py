@@ -21,7 +21,9 @@ class Profile:
     name: str
     tinycook_videos: int  # videos in the generated TinyCook world
     frame_size: int  # TinyCook frames are frame_size x frame_size pixels
-    # the offline clip extractor (04_clip_features): epochs, and how many training videos' labels it sees
+    # the offline clip extractor (04_clip_features): epochs, and how many training videos' labels it sees. The cpu
+    # profile trains 32 epochs: held-out probe noun 0.51 and verb 0.58 against 0.43 and 0.56 at 16, for 63 s against
+    # 35 s on 2 cores (bench/studies/extractor_sweep.py, rows in extractor_sweep_cpu.json)
     extractor_epochs: int = 8
     extractor_videos: int = 48  # at most half of the training videos (features.extractor_split)
     # the visual and audio vocabularies (05_visual_and_audio_tokens): hierarchical k-means, k**depth words each;
@@ -44,9 +46,9 @@ class Profile:
     # [finetune_min_steps, finetune_steps] optimizer steps of finetune_batch examples; a linear probe finetune_probe_steps;
     # peak learning rates (pretrained, from scratch, the probe); top layers drawn afresh before fine-tuning; the
     # notebook's seeds and the action task's label fractions (scene and mood: 10 and 100 %). The cpu profile trains
-    # every run 80 steps: with 40 at 10 % of the action labels the pretrained model was undertrained (test accuracy
-    # 0.40 at 40 steps against 0.46 at 80, seed 0; 0.31 against 0.36, seed 1), scratch much less so (0.41 / 0.42,
-    # 0.39 / 0.39); means of 3 fine-tuning seeds, 2026-11-27 (bench/studies/finetune_steps.py, rows in finetune_steps_cpu.json)
+    # every run 80 steps: with 40 at 10 % of the action labels the pretrained model was undertrained (with the earlier,
+    # spatially averaging extractor; test accuracy 0.40 at 40 steps against 0.46 at 80, seed 0; 0.31 against 0.36,
+    # seed 1), scratch much less so (0.41 / 0.42, 0.39 / 0.39); means of 3 fine-tuning seeds, 2026-11-27 (bench/studies/finetune_steps.py, rows in finetune_steps_cpu.json)
     finetune_steps: int = 200
     finetune_min_steps: int = 60
     finetune_epochs: int = 10

@@ -12,7 +12,9 @@ the cpu profile). ``run`` trains TinyCook3D with each setting
 (:func:`vbert_lab.features._fit`, the notebook's own loop) and scores its
 features with a logistic-regression probe fit on the probe videos and
 measured on the held-out ones; rows go to ``$OUT/extractor_sweep.json``.
-``DEVICE`` (default cuda). Results of 2026-11-26 on an H100: ``extractor_sweep_h100.json``.
+``DEVICE`` (default cuda); ``ROWS`` (comma-separated setting names; default all). Results of 2026-11-26 on
+an H100 (the ``mean`` rows): ``extractor_sweep_h100.json``; of 2026-11-27 on the 2-core CPU (``e16``,
+``e16-max``, ``e32-max``): ``extractor_sweep_cpu.json``.
 """
 
 from __future__ import annotations
@@ -28,14 +30,16 @@ import torch
 
 from vbert_lab import features as F
 
-SETTINGS = [  # (name, epochs, lr, batch size)
-    ("e16", 16, 3e-3, 32),  # the cpu profile's setting
-    ("e32", 32, 3e-3, 32),
-    ("e64", 64, 3e-3, 32),
-    ("e32-bs16", 32, 3e-3, 16),
-    ("e32-lr1e-2", 32, 1e-2, 32),
-    ("e32-lr1e-3", 32, 1e-3, 32),
-    ("e64-bs16", 64, 3e-3, 16),
+SETTINGS = [  # (name, epochs, lr, batch size, pooling: TinyCook3DConfig.pooling)
+    ("e16", 16, 3e-3, 32, "mean"),  # the cpu profile's setting until 2026-11-27
+    ("e32", 32, 3e-3, 32, "mean"),
+    ("e64", 64, 3e-3, 32, "mean"),
+    ("e32-bs16", 32, 3e-3, 16, "mean"),
+    ("e32-lr1e-2", 32, 1e-2, 32, "mean"),
+    ("e32-lr1e-3", 32, 1e-3, 32, "mean"),
+    ("e64-bs16", 64, 3e-3, 16, "mean"),
+    ("e16-max", 16, 3e-3, 32, "max"),  # average over time, maximum over space
+    ("e32-max", 32, 3e-3, 32, "max"),  # the cpu profile's setting since 2026-11-27
 ]
 
 
@@ -75,14 +79,18 @@ def run(path: str) -> list[dict]:
             scores[key] = round(float((clf.predict(b[mb]) == yb[mb]).mean()), 3)
         return scores
 
+    only = [n for n in os.environ.get("ROWS", "").split(",") if n]
+    unknown = sorted(set(only) - {row[0] for row in SETTINGS})
+    if unknown:
+        raise SystemExit(f"ROWS names unknown settings {unknown}; choose from {[row[0] for row in SETTINGS]}")
     torch.manual_seed(0)
-    rows = [dict(name="untrained", **probe(F.TinyCook3D()))]
-    for name, epochs, lr, batch in SETTINGS:
+    rows = [dict(name="untrained", **probe(F.TinyCook3D(F.TinyCook3DConfig(pooling="mean"))))]
+    for name, epochs, lr, batch, pooling in [row for row in SETTINGS if not only or row[0] in only]:
         started = time.time()
         torch.manual_seed(0)
-        model, history = F._fit(F.TinyCook3D().to(dev), data["train_x"], (data["train_v"], data["train_n"], data["train_s"]),
-                                dev, epochs, batch, lr, 0.05, 0, False)
-        rows.append(dict(name=name, epochs=epochs, lr=lr, bs=batch, train_s=round(time.time() - started, 1),
+        model, history = F._fit(F.TinyCook3D(F.TinyCook3DConfig(pooling=pooling)).to(dev), data["train_x"],
+                                (data["train_v"], data["train_n"], data["train_s"]), dev, epochs, batch, lr, 0.05, 0, False)
+        rows.append(dict(name=name, epochs=epochs, lr=lr, bs=batch, pooling=pooling, train_s=round(time.time() - started, 1),
                          train_verb_acc=round(history[-1]["verb_acc"], 3), **probe(model)))
         print(json.dumps(rows[-1]), flush=True)
         (out / "extractor_sweep.json").write_text(json.dumps(rows, indent=1) + "\n")
