@@ -17,7 +17,7 @@ environment, and ``ROWS`` (comma-separated setting names, run in that order;
 default all). Results of 2026-11-26 on an H100 (the settings before salient
 masking): ``pretrain_sweep_h100.json``; of 2026-11-27 on an H200 (the
 ``salient*`` rows, two device runs): ``pretrain_sweep_h200_salient.json``; of 2026-11-27 on the 2-core CPU with the
-max-pooling extractor (``salient600``, seed 0): ``pretrain_sweep_cpu_maxpool.json``.
+max-pooling extractor (``salient600``, ``salient600-b16``, seed 0): ``pretrain_sweep_cpu_maxpool.json``.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ SETTINGS = [
     ("salient300-L6", 300, {"num_layers": 6}),
     ("salient300-sr025", 300, {"salient_rate": 0.25}),
     ("salient600", 600, {}),
+    ("salient600-b16", 600, {"batch_size": 16}),  # the cpu profile's compute (300 x 32 examples) in twice the steps
     ("salient1000", 1000, {}),
     ("salient1000-aw10", 1000, {"loss_weights": {"alignment": 10.0}}),
     ("salient3000", 3000, {}),
