@@ -48,7 +48,8 @@ class Profile:
     # notebook's seeds and the action task's label fractions (scene and mood: 10 and 100 %). The cpu profile trains
     # every run 80 steps: with 40 at 10 % of the action labels the pretrained model was undertrained (with the earlier,
     # spatially averaging extractor; test accuracy 0.40 at 40 steps against 0.46 at 80, seed 0; 0.31 against 0.36,
-    # seed 1), scratch much less so (0.41 / 0.42, 0.39 / 0.39); means of 3 fine-tuning seeds, 2026-11-27 (bench/studies/finetune_steps.py, rows in finetune_steps_cpu.json)
+    # seed 1), scratch much less so (0.41 / 0.42, 0.39 / 0.39); means of 3 fine-tuning seeds, 2026-11-27
+    # (bench/studies/finetune_steps.py, rows in finetune_steps_cpu.json)
     finetune_steps: int = 200
     finetune_min_steps: int = 60
     finetune_epochs: int = 10
