@@ -93,6 +93,44 @@ def test_text_video_pairs_are_drawn_afresh_for_each_batch_and_again_on_resume(ru
     assert fixed == {static.dataset[0]["alignment_label"]}  # drawn once, as notebook 06 shows them
 
 
+def test_negatives_carry_as_many_video_tokens_as_the_sentences_own_segment(run):
+    settings = pretrain.default_settings(run, regime_set="text_video", salient_rate=0.0)
+    cfg = pretrain.build_model(run, settings).config
+    loader = pretrain.pretrain_loaders(run, cfg, settings)["text_video"]
+    pool = loader.collate_fn.pool
+    assert len({len(seg.visual) for seg in pool}) > 1  # segments differ in length: the check below means something
+    unmasked = pretrain._PairCollator(cfg, pool, None, max_stride=1, text_rate=0.0, video_rate=0.0, audio_rate=0.0, seed=0)
+    jn = cfg.special_token_id("[>]")
+    seen = {0: 0, 1: 0}
+    for example in loader.dataset[:20]:
+        own = example["segment"]
+        for _ in range(4):
+            batch = unmasked([example])
+            ids, label = batch["input_ids"][0].tolist(), int(batch["alignment_labels"][0])
+            # the video part; a batch with nothing masked gets one [MASK] (None here), so that its loss is defined
+            visual = [None if i == cfg.mask_token_id else i - cfg.visual_offset for i in ids[ids.index(jn) + 1:-1]]
+            assert len(visual) == len(own.visual), (label, own, visual)
+            same = all(v is None or v == o for v, o in zip(visual, own.visual))
+            assert same or label == 0
+            seen[label] += 1
+    assert seen[0] > 5 and seen[1] > 5
+
+
+def test_the_new_rows_and_heads_start_from_the_runs_seed_not_the_global_generator(run):
+    settings = pretrain.default_settings(run)
+    torch.manual_seed(1)
+    a = pretrain.build_model(run, settings).state_dict()
+    torch.manual_seed(2)
+    after = torch.rand(3)
+    torch.manual_seed(2)
+    b = pretrain.build_model(run, settings).state_dict()
+    assert torch.equal(torch.rand(3), after)  # the caller's generator is left where it was
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert any("alignment" in name for name in a)
+
+
 def test_ensure_pretrained_trains_once_then_reuses_and_retrains_on_new_settings(run):
     config = TrainConfig(max_steps=2, warmup_steps=1, checkpoint_every=1, keep_last=1, progress=False, lr=1e-4)
     first = pretrain.ensure_pretrained(run, "text_video", config=config)

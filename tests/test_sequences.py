@@ -13,6 +13,7 @@ from vbert_lab.sequences import (
     TokenSegment,
     VideoTokens,
     alignment_pairs,
+    misaligned_segment,
     build_sequence,
     describe,
     join_neighbours,
@@ -118,6 +119,30 @@ def test_alignment_pairs_swap_in_another_videos_tokens():
     for (seg, label), original in zip(pairs, segs):
         assert seg.text == original.text
         assert (seg.visual == original.visual) == (label == 1)
+
+
+def test_alignment_pairs_keep_the_number_of_video_tokens_so_length_gives_nothing_away():
+    rng = random.Random(0)
+    segs = [TokenSegment(f"v{i}", [2000 + i] * (1 + i % 5), [10 * i + j for j in range(1 + i % 5)]) for i in range(60)]
+    pairs = alignment_pairs(segs, rng, p_misaligned=0.5)
+    assert 15 < sum(label for _, label in pairs) < 45
+    for (seg, label), original in zip(pairs, segs):
+        assert len(seg.visual) == len(original.visual)
+        assert (seg.visual == original.visual) == (label == 1)
+        if label == 0:
+            assert len({v // 10 for v in seg.visual}) == 1 and seg.visual[0] // 10 != original.visual[0] // 10
+
+
+def test_a_misaligned_segment_is_a_window_of_the_other_repeated_where_it_is_shorter():
+    own = TokenSegment("a", [2000, 2001], [1, 2, 3], [7, 8, 9])
+    longer = TokenSegment("b", [2002], [10, 11, 12, 13, 14], [20, 21, 22, 23, 24])
+    shorter = TokenSegment("c", [2003], [30, 31], [40, 41])
+    starts = []
+    seg = misaligned_segment(own, longer, lambda n: starts.append(n) or 2)
+    assert starts == [3]  # windows of 3 in 5 tokens start at 0, 1 or 2
+    assert (seg.video_id, seg.text, seg.visual, seg.audio) == ("a", [2000, 2001], [12, 13, 14], [22, 23, 24])
+    seg = misaligned_segment(own, shorter, lambda n: n - 1)
+    assert seg.visual == [31, 30, 31] and seg.audio == [41, 40, 41]
 
 
 def test_collate_pads_masks_and_feeds_the_model(cfg):

@@ -75,7 +75,8 @@ REGIME_SETS: dict[str, tuple[str, ...]] = {
 SETTINGS_FILE = "pretrain.json"
 # Bumped whenever the same settings come to mean different training (how pairs are drawn or masked, say), so that
 # ensure_pretrained does not reuse a run made by the earlier code. 2: salient-word rows only for sentences with one.
-RECIPE_VERSION = 2
+# 3: negatives carry as many video tokens as the sentence's own segment; the model's new rows start from run.seed.
+RECIPE_VERSION = 3
 
 
 @dataclass
@@ -198,22 +199,28 @@ def truncate_layers(model: VideoBert, num_layers: int) -> VideoBert:
 def build_model(run, settings: PretrainSettings | None = None, checkpoint: str | os.PathLike | None = None) -> VideoBert:
     """MiniLM extended with this run's visual and audio tokens, centroid-initialised, cut to ``settings.num_layers``.
 
-    ``checkpoint``: a BERT folder (default: the packaged MiniLM). Taught in
+    ``checkpoint``: a BERT folder (default: the packaged MiniLM). What the
+    checkpoint lacks (the MLM transform, the alignment head) starts from
+    ``run.seed``: the same run builds the same model in any process. Taught in
     ``07_videobert_pretraining``.
     """
     from .hf import MissingHeadWarning, load_bert, minilm_path
     from .pipeline import ensure_codebook, model_config
 
     settings = settings or default_settings(run)
-    cfg = model_config(run, audio=True)  # audio rows always: settings.audio decides whether sequences carry them
-    with warnings.catch_warnings():
+    # the rows and heads MiniLM lacks start from run.seed, not from wherever the process's global generator stands
+    # (two runs with the same settings in two processes used to start apart: a language prior's top-1 moved 6 points);
+    # the caller's generator is left as it was (loading the clip extractor on the way initialises a network too)
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+        cfg = model_config(run, audio=True)  # audio rows always: settings.audio decides whether sequences carry them
+        torch.manual_seed(run.seed)
         warnings.simplefilter("ignore", MissingHeadWarning)  # MiniLM has no MLM head: it starts untrained (documented)
         model = load_bert(checkpoint or minilm_path(), n_visual_tokens=cfg.n_visual_tokens, n_audio_tokens=cfg.n_audio_tokens,
                           type_vocab_size=cfg.type_vocab_size, pooling=settings.pooling)
-    if settings.num_layers:
-        truncate_layers(model, settings.num_layers)
-    model.init_visual_embeddings(ensure_codebook(run, "visual").leaf_centroids.cpu())
-    model.init_audio_embeddings(ensure_codebook(run, "audio").leaf_centroids.cpu())
+        if settings.num_layers:
+            truncate_layers(model, settings.num_layers)
+        model.init_visual_embeddings(ensure_codebook(run, "visual").leaf_centroids.cpu())
+        model.init_audio_embeddings(ensure_codebook(run, "audio").leaf_centroids.cpu())
     return model
 
 
@@ -290,7 +297,8 @@ class _PairCollator(_PretrainCollator):
     For each example's sentence: if it has salient words, with probability
     ``salient_rate`` a salient-word row (its own video, every salient word
     masked, alignment label ignored); otherwise, with probability ``p_misaligned``, the tokens of
-    a segment of another video (label 0), else its own (label 1). Then the
+    a segment of another video, cut or repeated to its own number of tokens
+    (:func:`~vbert_lab.sequences.misaligned_segment`; label 0), else its own (label 1). Then the
     paper's stride noise (a random stride 1..``max_stride``). All draws come
     from the collator's generator, which :class:`~vbert_lab.train.ResumableLoader`
     re-seeds before each batch, so a resumed run draws the same pairs.
@@ -306,7 +314,7 @@ class _PairCollator(_PretrainCollator):
         return int(torch.randint(n, (), generator=self.generator))
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        from .sequences import build_sequence
+        from .sequences import build_sequence, misaligned_segment
 
         rows = []
         for e in examples:
@@ -317,8 +325,8 @@ class _PairCollator(_PretrainCollator):
             if not salient and float(torch.rand((), generator=self.generator)) < self.p_misaligned:
                 for _ in range(16):  # another video's segment; the pool always holds some (checked when built)
                     other = self.pool[self._draw(len(self.pool))]
-                    if other.video_id != own.video_id:
-                        shown, label = other, 0
+                    if other.video_id != own.video_id:  # as many video tokens as its own: no length give-away
+                        shown, label = misaligned_segment(own, other, self._draw), 0
                         break
             stride = 1 + self._draw(self.max_stride)
             offset = self._draw(stride) if len(shown.visual) > stride else 0

@@ -26,7 +26,7 @@ import os
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -43,6 +43,7 @@ __all__ = [
     "build_sequence",
     "join_neighbours",
     "subsample_stride",
+    "misaligned_segment",
     "alignment_pairs",
     "mask_tokens",
     "Collator",
@@ -188,19 +189,44 @@ def subsample_stride(tokens: Sequence[int], rng: random.Random, max_stride: int 
     return list(tokens[offset::stride]), stride, offset
 
 
+def misaligned_segment(own: TokenSegment, other: TokenSegment, randrange: Callable[[int], int]) -> TokenSegment:
+    """``own``'s text with as many of ``other``'s video (and audio) tokens as ``own`` has: a negative pair.
+
+    The tokens are a window of ``other``'s, at a start drawn with
+    ``randrange(n)`` (``random.Random.randrange``, or a seeded torch draw), and
+    repeat end to end where ``other`` is the shorter. With ``other``'s tokens as
+    they are, the count of video tokens beside the count of words would tell a
+    negative from a positive without looking at either, a shortcut an alignment
+    head can take instead of the video: on TinyCook's pretraining pairs a
+    classifier on the lengths alone gets 62-64 % of the labels right, where
+    the larger class is 51-52 % (``bench/studies/pair_lengths.py``). Taught in
+    ``06_text_and_multimodal_sequences``.
+    """
+    n, have = len(own.visual), len(other.visual)
+    if not n or not have:
+        return TokenSegment(own.video_id, own.text, list(other.visual), other.audio)
+    start = randrange(have - n + 1) if have >= n else randrange(have)
+
+    def window(tokens):
+        return [tokens[(start + i) % len(tokens)] for i in range(n)] if tokens else tokens
+
+    audio = window(other.audio) if other.audio and len(other.audio) == have else other.audio
+    return TokenSegment(own.video_id, own.text, window(list(other.visual)), audio)
+
+
 def alignment_pairs(segments: list[TokenSegment], rng: random.Random, p_misaligned: float = 0.5) -> list[tuple[TokenSegment, int]]:
     """(segment, label) pairs: label 1 keeps the segment's own video, 0 swaps in another video's tokens.
 
     Negatives come from a segment of a different video where there is one
-    (any other segment otherwise); segments without text are always kept as
-    they are (label 1). Taught in ``06_text_and_multimodal_sequences``.
+    (any other segment otherwise), cut or repeated to the segment's own
+    number of tokens (:func:`misaligned_segment`); segments without text are
+    always kept as they are (label 1). Taught in ``06_text_and_multimodal_sequences``.
     """
     out = []
     for i, seg in enumerate(segments):
         if seg.text and len(segments) > 1 and rng.random() < p_misaligned:
             others = [j for j, s in enumerate(segments) if s.video_id != seg.video_id] or [j for j in range(len(segments)) if j != i]
-            other = segments[rng.choice(others)]
-            out.append((TokenSegment(seg.video_id, seg.text, other.visual, other.audio), 0))
+            out.append((misaligned_segment(seg, segments[rng.choice(others)], rng.randrange), 0))
         else:
             out.append((seg, 1))
     return out
