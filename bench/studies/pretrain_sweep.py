@@ -13,11 +13,12 @@ videos): the codebook and token stages are read as they are, so the study can
 run on a machine the videos were not copied to. ``DEVICE`` (default cuda),
 ``SCALE`` (multiplies every step count, for a smoke run) and ``BUDGET``
 (seconds; later settings are skipped once it is spent) are read from the
-environment, and ``ROWS`` (comma-separated setting names, run in that order;
+environment, as are ``PRIOR=0`` (no text-only prior: its fields are null) and ``ROWS`` (comma-separated setting names, run in that order;
 default all). Results of 2026-11-26 on an H100 (the settings before salient
 masking): ``pretrain_sweep_h100.json``; of 2026-11-27 on an H200 (the
 ``salient*`` rows, two device runs): ``pretrain_sweep_h200_salient.json``; of 2026-11-27 on the 2-core CPU with the
-max-pooling extractor (``salient600``, ``salient600-b16``, seed 0): ``pretrain_sweep_cpu_maxpool.json``.
+max-pooling extractor (``salient600``, ``salient600-b16``, seed 0): ``pretrain_sweep_cpu_maxpool.json``; of
+2026-11-27 on an H200 with recipe 3 (the ``r3-*`` rows): ``pretrain_sweep_h200_r3.json``.
 """
 
 from __future__ import annotations
@@ -49,6 +50,12 @@ SETTINGS = [
     ("salient1000-aw10", 1000, {"loss_weights": {"alignment": 10.0}}),
     ("salient3000", 3000, {}),
     ("salient3000-aw5", 3000, {"loss_weights": {"alignment": 5.0}}),
+    # recipe 3 (2026-11-27): negatives with as many video tokens as the sentence's own, the new rows seeded;
+    # the same defaults as salient*, so these rows differ from those only by the recipe
+    ("r3-300", 300, {}),
+    ("r3-3000", 3000, {}),
+    ("r3-10000", 10000, {}),
+    ("r3-3000-sr0", 3000, {"salient_rate": 0.0}),  # every text-video example teaches alignment
 ] + [(name, steps, {**BEFORE, **kw}) for name, steps, kw in [
     ("base300", 300, {}),
     ("mean300", 300, {"pooling": "mean"}),
@@ -66,6 +73,10 @@ SETTINGS = [
     ("tv8-lr1e-3-600", 600, {"pooling": "mean", "lr": 1e-3, "regime_weights": TV8}),
     ("tv8-1000", 1000, {"pooling": "mean", "regime_weights": TV8}),
 ]]
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 3)
 
 
 def main(data_dirs: list[str]) -> list[dict]:
@@ -99,6 +110,8 @@ def main(data_dirs: list[str]) -> list[dict]:
             model, _ = pretrain.pretrain(run, settings, config, folder)
             seconds = time.time() - started
             key = (data_dir, steps, lr, layers)
+            if os.environ.get("PRIOR", "1") == "0":  # no text-only prior (its fields are null): saves its run
+                priors[key] = dict.fromkeys(("verb_top1", "noun_top1", "verb_top5"))
             if key not in priors:
                 text = pretrain.default_settings(run, regime_set="text", num_layers=layers)
                 prior_model, _ = pretrain.pretrain(run, text, config, Path(f"{folder}-text"))
@@ -108,8 +121,8 @@ def main(data_dirs: list[str]) -> list[dict]:
             prior = priors[key]
             row = dict(data=Path(data_dir).name, name=name, steps=steps, lr=lr, seconds=round(seconds, 1), align=round(align, 3),
                        cross_v=round(cross["verb_top1"], 3), cross_n=round(cross["noun_top1"], 3),
-                       prior_v=round(prior["verb_top1"], 3), prior_n=round(prior["noun_top1"], 3),
-                       cross_v5=round(cross["verb_top5"], 3), prior_v5=round(prior["verb_top5"], 3))
+                       prior_v=_r(prior["verb_top1"]), prior_n=_r(prior["noun_top1"]),
+                       cross_v5=round(cross["verb_top5"], 3), prior_v5=_r(prior["verb_top5"]))
             rows.append(row)
             print(json.dumps(row), flush=True)
             (out / "pretrain_sweep.json").write_text(json.dumps(rows, indent=1) + "\n")
