@@ -19,7 +19,9 @@ training-video pairs whose text and clips come from:
 - ``narration-cooking``: the narration sentences that hold a cooking word
   (TinyCook's verbs and ingredients, ``pretrain.salient_token_ids``).
 
-and reports held-out alignment accuracy every ``EVERY`` steps. Beside them,
+and reports held-out alignment accuracy every ``EVERY`` steps. ``LOSS=contrastive`` trains with 8
+sentences against 8 videos per step instead (see ``train_alignment``); ``SOURCES`` (comma-separated)
+picks sources and skips the co-occurrence rows. Beside them,
 without a network: ``cooccurrence-narration`` and ``cooccurrence-caption``
 score a held-out pair by how often its caption's cooking words came with its
 visual tokens in the training pairs (a PMI table, add-half smoothing);
@@ -28,7 +30,8 @@ accuracy at score 0 and the pairwise ranking of positive over negative.
     STEPS=600 DEVICE=cuda OUT=build/studies python -m bench.studies.align_sources data/tinycook-cpu-s0
 
 Rows go to ``$OUT/align_sources.json``. Results of 2026-11-27 on an H200
-(600 steps, seeds 0 and 1): ``align_sources_h200.json``.
+(600 steps, seeds 0 and 1): ``align_sources_h200.json``; on the 2-core CPU with ``LOSS=contrastive``
+(narration, 150 steps): ``align_sources_cpu_contrastive.json``.
 """
 
 from __future__ import annotations
@@ -72,27 +75,62 @@ def sources(run, tokenizer, cooking: set[int]) -> dict[str, list[S.TokenSegment]
     return out
 
 
-def train_alignment(run, settings, pairs, heldout_examples, steps: int, every: int, seed: int = 0) -> list[dict]:
+def _binary_batch(model, pairs, rng) -> list[dict]:
+    """32 pairs, half of them negatives from another video (cut to the positive's number of tokens)."""
+    rows = []
+    for _ in range(32):
+        own, label = pairs[rng.randrange(len(pairs))], 1
+        if rng.random() < 0.5:
+            other = own
+            while other.video_id == own.video_id:
+                other = pairs[rng.randrange(len(pairs))]
+            own, label = S.misaligned_segment(own, other, rng.randrange), 0
+        rows.append(dict(S.build_sequence(model.config, own.text, own.visual, None, 64), alignment_label=label))
+    return rows
+
+
+def _square_batch(model, pairs, rng, n: int = 8) -> list[dict]:
+    """``n`` sentences of ``n`` different videos, each with every one's tokens: ``n * n`` pairs, row-major."""
+    chosen = []
+    while len(chosen) < n:
+        seg = pairs[rng.randrange(len(pairs))]
+        if all(seg.video_id != c.video_id for c in chosen):
+            chosen.append(seg)
+    rows = []
+    for i, own in enumerate(chosen):
+        for j, other in enumerate(chosen):
+            shown = other if i == j else S.misaligned_segment(own, other, rng.randrange)
+            rows.append(dict(S.build_sequence(model.config, own.text, shown.visual, None, 64), alignment_label=int(i == j)))
+    return rows
+
+
+def train_alignment(run, settings, pairs, heldout_examples, steps: int, every: int, seed: int = 0,
+                    loss_kind: str = "binary") -> list[dict]:
+    """The alignment head alone. ``loss_kind``: ``"binary"``, the course's cross-entropy on aligned / not
+    aligned; ``"contrastive"``, 8 sentences x their 8 videos per step (64 pairs, every sentence against every
+    video, the others cut to its number of tokens), the head's score ``logit[aligned] - logit[not]`` ranked
+    both ways (InfoNCE over the rows and the columns), plus the binary loss with the 8 positives weighted
+    as the 56 negatives (so the score's sign still says aligned or not)."""
+    import torch.nn.functional as F
+
     model = pretrain.build_model(run, settings).to(run.device)
     collate = S.Collator(model.config, mask=False)
     opt = torch.optim.AdamW(model.parameters(), lr=run.profile.pretrain_lr, weight_decay=0.01)
-    rng, queue, losses, curve = random.Random(seed), [], [], []
+    rng, losses, curve = random.Random(seed), [], []
     for step in range(1, steps + 1):
-        while len(queue) < 32:
-            own = pairs[rng.randrange(len(pairs))]
-            label = 1
-            if rng.random() < 0.5:
-                other = own
-                while other.video_id == own.video_id:
-                    other = pairs[rng.randrange(len(pairs))]
-                own, label = S.misaligned_segment(own, other, rng.randrange), 0
-            example = S.build_sequence(model.config, own.text, own.visual, None, 64)
-            example["alignment_label"] = label
-            queue.append(example)
-        batch = {k: v.to(run.device) for k, v in collate(queue[:32]).items()}
-        queue = queue[32:]
+        rows = _binary_batch(model, pairs, rng) if loss_kind == "binary" else _square_batch(model, pairs, rng)
+        batch = {k: v.to(run.device) for k, v in collate(rows).items()}
+        labels = batch.pop("alignment_labels")
         model.train()
-        loss = model(**batch).losses["alignment"]
+        logits = model(**batch).alignment_logits
+        if loss_kind == "binary":
+            loss = F.cross_entropy(logits, labels)
+        else:
+            n = int(len(rows) ** 0.5)
+            score, target = (logits[:, 1] - logits[:, 0]).view(n, n), torch.arange(n, device=logits.device)
+            weight = torch.where(labels == 1, float(n - 1), 1.0)
+            loss = (F.cross_entropy(score, target) + F.cross_entropy(score.T, target)
+                    + (F.cross_entropy(logits, labels, reduction="none") * weight).sum() / weight.sum())
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -128,6 +166,9 @@ def main(data_dirs: list[str]) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     steps, every = int(os.environ.get("STEPS", "600")), int(os.environ.get("EVERY", "50"))
     only = [n for n in os.environ.get("SOURCES", "").split(",") if n]
+    loss_kind = os.environ.get("LOSS", "binary")
+    if loss_kind not in ("binary", "contrastive"):
+        raise SystemExit(f"LOSS={loss_kind!r}: choose binary or contrastive")
     use_saved_stages()
     tokenizer = load_wordpiece()
     rows = []
@@ -138,7 +179,7 @@ def main(data_dirs: list[str]) -> list[dict]:
         heldout = evaluate.alignment_examples(pipeline.model_config(run), evaluate.heldout_segments(run), seed=0, tokenizer=tokenizer)
         by_source = sources(run, tokenizer, cooking)
         n_visual = pipeline.model_config(run).n_visual_tokens
-        for name in ("narration", "caption"):
+        for name in ("narration", "caption") if not only else ():
             pairs = by_source["narration" if name == "narration" else "caption+step"]
             row = {"data": Path(data_dir).name, "source": f"cooccurrence-{name}", "pairs": len(pairs),
                    **cooccurrence(pairs, heldout, pipeline.model_config(run), cooking, n_visual)}
@@ -148,8 +189,8 @@ def main(data_dirs: list[str]) -> list[dict]:
             if only and name not in only:
                 continue
             started = time.time()
-            curve = train_alignment(run, settings, pairs, heldout, steps, every)
-            row = {"data": Path(data_dir).name, "source": name, "pairs": len(pairs), "steps": steps,
+            curve = train_alignment(run, settings, pairs, heldout, steps, every, loss_kind=loss_kind)
+            row = {"data": Path(data_dir).name, "source": name, "loss": loss_kind, "pairs": len(pairs), "steps": steps,
                    "seconds": round(time.time() - started, 1), "device": run.device,
                    "heldout_last": curve[-1]["heldout"], "heldout_best": max(c["heldout"] for c in curve), "curve": curve}
             rows.append(row)
