@@ -71,11 +71,19 @@ def study(data_dir: str, batches: int = 60) -> list[dict]:
     out = []
     for name, fn in (("as_drawn", lambda own, other, randrange: sequences.TokenSegment(
             own.video_id, own.text, list(other.visual), other.audio)), ("matched", matched)):
-        sequences.misaligned_segment = fn  # the collator looks it up when it draws a batch
+        calls = []
+
+        def counted(own, other, randrange, fn=fn):
+            calls.append(1)
+            return fn(own, other, randrange)
+
+        sequences.misaligned_segment = counted  # the collator looks it up when it draws a batch
         try:
             X, y = _rows(run, batches)
         finally:
             sequences.misaligned_segment = matched
+        if not calls:  # the collator no longer looks it up at call time: this row would not measure what it says
+            raise SystemExit("pretrain._PairCollator did not call sequences.misaligned_segment; update this study")
         acc = cross_val_score(GradientBoostingClassifier(random_state=0), X, y, cv=5)
         out.append({"data": Path(data_dir).name, "negatives": name, "rows": int(len(y)),
                     "majority": round(float(max(y.mean(), 1 - y.mean())), 3),
