@@ -201,3 +201,64 @@ def test_mean_pooling_reads_the_non_padding_states_only():
     assert not torch.allclose(cls_model(ids, am).logits, out.logits)
     with pytest.raises(ValueError, match="pooling='max'"):
         tiny_config(pooling="max")
+
+
+def test_contrastive_alignment_loss_matches_a_by_hand_infonce_and_weighs_positives_as_negatives():
+    import math
+
+    from vbert_lab.model import contrastive_alignment_loss
+
+    torch.manual_seed(0)
+    n = 3
+    logits = torch.randn(2 * n * n + 2, 2, dtype=torch.float64)  # two 3 x 3 groups, one binary row, one ignored
+    eye = torch.eye(n, dtype=torch.long).flatten().tolist()
+    labels = torch.tensor(eye + eye + [0, -100])
+    groups = torch.tensor([5] * 9 + [2] * 9 + [-1, -1])
+    binary, contrastive = contrastive_alignment_loss(logits, labels, groups)
+
+    def ce(row, k):  # -log softmax(row)[k], in plain Python
+        return math.log(sum(math.exp(x) for x in row)) - row[k]
+
+    x = logits.tolist()
+    expect_c = 0.0
+    for start in (0, 9):
+        s = [[x[start + i * n + j][1] - x[start + i * n + j][0] for j in range(n)] for i in range(n)]
+        expect_c += sum(ce(s[i], i) for i in range(n)) / n + sum(ce([s[j][i] for j in range(n)], i) for i in range(n)) / n
+    expect_c /= 2  # the groups' mean
+    rows = list(range(19))  # the ignored row takes no part
+    w = [(n - 1) if r < 18 and (r % 9) // n == (r % 9) % n else 1 for r in rows]
+    expect_b = sum(wi * ce(x[r], int(labels[r])) for wi, r in zip(w, rows)) / sum(w)
+    assert float(contrastive) == pytest.approx(expect_c, rel=1e-9)
+    assert float(binary) == pytest.approx(expect_b, rel=1e-9)
+
+    # scores that pick every sentence's own video lose less than scores that pick another's
+    good = torch.zeros(9, 2, dtype=torch.float64)
+    good[:, 1] = 4 * torch.eye(n, dtype=torch.float64).flatten() - 2
+    bad = good.clone()
+    bad[:, 1] = good[:, 1].view(n, n).roll(1, dims=1).flatten()
+    loss = lambda lg: contrastive_alignment_loss(lg, labels[:9], groups[:9])  # noqa: E731
+    assert float(loss(good)[1]) < 0.1 < 4 < float(loss(bad)[1])
+
+    for bad_rows, why in ((8, "8 rows"), (9, None)):
+        bad_labels = labels[:9].clone()
+        if why is None:
+            bad_labels[0] = 0  # the diagonal must be aligned
+        with pytest.raises(ValueError, match="n x n pairs"):
+            contrastive_alignment_loss(logits[:bad_rows], bad_labels[:bad_rows], groups[:bad_rows])
+
+
+def test_forward_with_alignment_groups_adds_the_contrastive_loss(model):
+    from vbert_lab.model import contrastive_alignment_loss
+
+    torch.manual_seed(1)
+    ids = torch.randint(5, 100, (4, 7))
+    labels, groups = torch.tensor([1, 0, 0, 1]), torch.tensor([0, 0, 0, 0])
+    out = model(ids, alignment_labels=labels, alignment_groups=groups)
+    assert set(out.losses) == {"alignment", "alignment_contrastive"}
+    binary, contrastive = contrastive_alignment_loss(out.alignment_logits, labels, groups)
+    assert_close(out.losses["alignment_contrastive"], contrastive)
+    assert_close(out.losses["alignment"], binary)
+    assert_close(out.loss, binary + contrastive)
+    plain = model(ids, alignment_labels=labels)
+    assert set(plain.losses) == {"alignment"}
+    assert_close(plain.losses["alignment"], F.cross_entropy(plain.alignment_logits, labels))

@@ -88,7 +88,8 @@ def test_text_video_pairs_are_drawn_afresh_for_each_batch_and_again_on_resume(ru
         labels.append(label)
     # the same sentence is shown with its own video and with others': its words alone cannot give the label
     assert 10 <= sum(labels) <= 30
-    static = pretrain.pretrain_loaders(run, cfg, pretrain.default_settings(run, fresh_pairs=False, salient_rate=0.0))["text_video"]
+    static = pretrain.pretrain_loaders(run, cfg, pretrain.default_settings(run, fresh_pairs=False, salient_rate=0.0,
+                                                                                 alignment_loss="binary"))["text_video"]
     fixed = {int(static._collate(0, b, [static.dataset[0]])["alignment_labels"][0]) for b in range(10)}
     assert fixed == {static.dataset[0]["alignment_label"]}  # drawn once, as notebook 06 shows them
 
@@ -183,6 +184,7 @@ def test_cli_pretrains_from_a_config_file(run, tmp_path, capsys, monkeypatch):
 
 
 def test_salient_words_are_masked_together_and_misaligned_pairs_only_teach_alignment(run):
+    # binary pairs (the default): one row per example, in order (contrastive groups come first: the test below)
     settings = pretrain.default_settings(run, salient_rate=0.5, mask_negatives=False)
     cfg = pretrain.build_model(run, settings).config
     loader = pretrain.pretrain_loaders(run, cfg, settings)["text_video"]
@@ -219,12 +221,19 @@ def test_salient_words_are_masked_together_and_misaligned_pairs_only_teach_align
         pretrain.salient_token_ids(pretrain.default_settings(run, salient_words=["julienne"]))
     with pytest.raises(ValueError, match="needs fresh_pairs"):
         pretrain.default_settings(run, salient_rate=0.5, fresh_pairs=False)
+    with pytest.raises(ValueError, match="needs fresh_pairs"):  # the contrastive groups need them too
+        pretrain.default_settings(run, salient_rate=0.0, fresh_pairs=False, alignment_loss="contrastive")
+    with pytest.raises(ValueError, match="choose 'binary' or 'contrastive'"):
+        pretrain.default_settings(run, alignment_loss="infonce")
+    with pytest.raises(ValueError, match="alignment_group=1"):
+        pretrain.default_settings(run, alignment_group=1)
 
 
 def test_alignment_loss_ignores_rows_labelled_minus_100(run):
     model = pretrain.build_model(run, pretrain.default_settings(run)).eval()
     batch = next(iter(pretrain.pretrain_loaders(run, model.config, pretrain.default_settings(run))["text_video"]))
     batch.pop("mlm_labels")
+    assert "alignment_groups" not in batch  # the default: the binary loss alone (the groups' loss: test_model)
     y = batch.pop("alignment_labels")
     full = model(**batch, alignment_labels=y)
     part = y.clone()
@@ -233,3 +242,55 @@ def test_alignment_loss_ignores_rows_labelled_minus_100(run):
     torch.testing.assert_close(model(**batch, alignment_labels=part).losses["alignment"], expected)
     none = model(**batch, alignment_labels=torch.full_like(y, -100)).losses["alignment"]
     assert float(none.detach()) == 0.0 and none.requires_grad  # no NaN, and the graph is kept (DDP needs every head used)
+
+
+def test_contrastive_batches_show_each_sentence_of_a_group_with_every_groups_video(run):
+    settings = pretrain.default_settings(run, regime_set="text_video", alignment_loss="contrastive", alignment_group=3)
+    cfg = pretrain.build_model(run, settings).config
+    loader = pretrain.pretrain_loaders(run, cfg, settings)["text_video"]
+    pool = loader.collate_fn.pool
+    by_video = {}
+    for e in loader.dataset:
+        by_video.setdefault(e["segment"].video_id, e)
+    assert len(by_video) >= 3
+    three = list(by_video.values())[:3]
+    examples = [three[0], three[0], three[1], three[2]]  # the second sentence of a video already in the group stays out
+    unmasked = pretrain._PairCollator(cfg, pool, None, max_stride=1, text_rate=0.0, video_rate=0.0, audio_rate=0.0,
+                                      seed=0, group=3)
+    batch = unmasked(examples)
+    assert batch["alignment_groups"].tolist() == [0] * 9 + [-1]
+    assert batch["alignment_labels"][:9].tolist() == torch.eye(3, dtype=torch.long).flatten().tolist()
+    jn = cfg.special_token_id("[>]")
+    for i, own in enumerate(e["segment"] for e in (three[0], three[1], three[2])):
+        for j, other in enumerate(e["segment"] for e in (three[0], three[1], three[2])):
+            ids = batch["input_ids"][i * 3 + j][batch["attention_mask"][i * 3 + j].bool()].tolist()
+            # (a batch with nothing masked gets one [MASK], so that its loss is defined: None below)
+            words = [None if t == cfg.mask_token_id else t for t in ids[1 : 1 + len(own.text)]]
+            assert all(w is None or w == t for w, t in zip(words, own.text))  # sentence i ...
+            visual = [None if t == cfg.mask_token_id else t - cfg.visual_offset for t in ids[ids.index(jn) + 1 : -1]]
+            assert len(visual) == len(own.visual)  # ... with as many video tokens as its own ...
+            if i == j:
+                assert all(v is None or v == o for v, o in zip(visual, own.visual))
+            else:  # ... taken from video j (cut or repeated: every token is one of j's)
+                assert set(visual) - {None} <= set(other.visual)
+    # masked tokens are predicted on the diagonal only; the loss runs
+    masked = pretrain._PairCollator(cfg, pool, None, max_stride=1, text_rate=0.5, video_rate=0.15, audio_rate=0.15,
+                                    seed=0, group=3, mask_negatives=False)(examples)
+    predicted = (masked["mlm_labels"][:9] != -100).any(dim=1).view(3, 3)
+    assert not (predicted & ~torch.eye(3, dtype=torch.bool)).any()
+    model = pretrain.build_model(run, settings)
+    out = model(**masked)
+    assert {"masked_tokens", "alignment", "alignment_contrastive"} <= set(out.losses)
+    assert torch.isfinite(out.loss)
+    # mask_groups=False: the groups' rows shown whole and nothing predicted there; the other rows masked as before
+    whole = pretrain._PairCollator(cfg, pool, None, max_stride=1, text_rate=0.5, video_rate=0.15, audio_rate=0.15,
+                                   seed=0, group=3, mask_negatives=False, mask_groups=False)(examples)
+    differ = whole["input_ids"][:9] != batch["input_ids"][:9]  # as drawn unmasked (same seed, same draws), but for
+    assert differ.sum() <= 1 and (batch["input_ids"][:9][differ] == cfg.mask_token_id).all()  # the one forced [MASK]
+    assert (whole["mlm_labels"][:9] == -100).all() and (whole["mlm_labels"][9] != -100).any()
+    # "contrastive" settings draw groups of alignment_group, at most half the batch (TINY's 4 examples: 2 x 2);
+    # the default, "binary", draws none
+    grouped = next(iter(loader))
+    assert grouped["alignment_groups"].tolist()[:4] == [0] * 4 and grouped["alignment_labels"][:4].tolist() == [1, 0, 0, 1]
+    binary = pretrain.pretrain_loaders(run, cfg, pretrain.default_settings(run))["text_video"]
+    assert "alignment_groups" not in next(iter(binary))

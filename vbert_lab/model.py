@@ -292,6 +292,59 @@ class Pooler(nn.Module):
         return torch.tanh(self.dense(h))  # (B, H)
 
 
+# --------------------------------------------------------------------------- the alignment losses
+
+
+def contrastive_alignment_loss(logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The binary and the contrastive alignment losses of a batch with ``n x n`` groups.
+
+    ``logits`` ``(B, 2)`` from the alignment head; ``labels`` ``(B,)`` (1
+    aligned, 0 not, -100 ignored); ``groups`` ``(B,)``: rows with the same id
+    ``g >= 0`` are ``n`` sentences each shown with the video of every one of
+    them, row-major (row ``i * n + j``: sentence ``i`` with video ``j``), so
+    that the diagonal is aligned; ``-1`` marks rows outside any group.
+
+    The score of a pair is ``s = logit[aligned] - logit[not aligned]``. For a
+    group's ``n x n`` scores ``S``, the contrastive loss (InfoNCE, as in CLIP,
+    over the cross-encoder's scores) is
+    ``CE(S, diag) + CE(S^T, diag)``: each sentence must pick its video among
+    the ``n`` and each video its sentence; the groups' losses are averaged.
+    The binary loss is the cross-entropy of every labelled row, a group's
+    positives weighted ``n - 1`` (as many as its negatives), so that the sign
+    of ``s`` still says aligned or not. Returns ``(binary, contrastive)``.
+
+    Why: with the binary loss alone a pair can be judged by how likely its
+    words and its video are, each on its own; ranking a sentence's videos
+    against one another leaves only what the two share
+    (``bench/studies/align_sources.py``). Taught in ``07_videobert_pretraining``.
+    """
+    labels, groups = labels.long(), groups.long()
+    if labels.shape != groups.shape or labels.shape != logits.shape[:1]:
+        raise ValueError(f"alignment_groups {tuple(groups.shape)} and alignment_labels {tuple(labels.shape)} should both be "
+                         f"(B,) = ({logits.shape[0]},)")
+    score = logits[:, 1] - logits[:, 0]
+    weight = torch.ones_like(score)
+    contrastive = []
+    for g in torch.unique(groups[groups >= 0]).tolist():
+        rows = (groups == g).nonzero().flatten()
+        n = math.isqrt(len(rows))
+        eye = torch.eye(n, dtype=torch.long, device=labels.device).flatten()
+        if n < 2 or n * n != len(rows) or not torch.equal(labels[rows], eye):
+            raise ValueError(f"alignment group {g}: {len(rows)} rows labelled {labels[rows].tolist()}; a group is n x n pairs "
+                             "(n >= 2), row-major, labelled 1 on the diagonal and 0 elsewhere")
+        s = score[rows].view(n, n)
+        target = torch.arange(n, device=s.device)
+        contrastive.append(F.cross_entropy(s, target) + F.cross_entropy(s.T, target))
+        weight[rows[eye.bool()]] = float(n - 1)
+    labelled = labels != IGNORE_INDEX
+    if labelled.any():
+        ce = F.cross_entropy(logits[labelled], labels[labelled], reduction="none")
+        binary = (ce * weight[labelled]).sum() / weight[labelled].sum()
+    else:
+        binary = logits.sum() * 0.0
+    return binary, (torch.stack(contrastive).mean() if contrastive else logits.sum() * 0.0)
+
+
 # --------------------------------------------------------------------------- the model
 
 
@@ -431,6 +484,7 @@ class VideoBert(nn.Module):
         alignment_labels: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         token_labels: torch.Tensor | None = None,
+        alignment_groups: torch.Tensor | None = None,
     ) -> VideoBertOutput:
         """Encode and run the heads; a loss for each head given labels.
 
@@ -438,7 +492,13 @@ class VideoBert(nn.Module):
         ``-100`` elsewhere (logits are computed only where it is not -100);
         ``alignment_labels`` ``(B,)``: 1 when text and video belong together, 0 when not, -100 to ignore;
         ``labels`` ``(B,)`` sequence classes; ``token_labels`` ``(B, T)``
-        (-100 = ignore). Taught in ``02_bert_encoder_and_mlm``.
+        (-100 = ignore). ``alignment_groups`` ``(B,)`` (with ``alignment_labels``):
+        rows sharing a group id ``>= 0`` are the ``n x n`` pairs of ``n``
+        sentences with ``n`` videos, row-major, aligned on the diagonal; they add
+        the contrastive loss ``"alignment_contrastive"`` (see
+        :func:`contrastive_alignment_loss`) and weigh their positives ``n - 1``
+        in the binary loss, as many as their negatives. Taught in
+        ``02_bert_encoder_and_mlm``; the groups in ``07_videobert_pretraining``.
         """
         hidden = self.encode(input_ids, attention_mask, token_type_ids)  # (B, T, H)
         out = VideoBertOutput(hidden=hidden)
@@ -452,8 +512,12 @@ class VideoBert(nn.Module):
         out.alignment_logits = self.alignment_head(pooled)  # (B, 2)
         if alignment_labels is not None:  # rows labelled -100 take no part (none at all: a zero loss, graph kept)
             labelled = alignment_labels != IGNORE_INDEX
-            out.losses["alignment"] = (F.cross_entropy(out.alignment_logits[labelled], alignment_labels[labelled].long())
-                                       if labelled.any() else out.alignment_logits.sum() * 0.0)
+            if alignment_groups is None:
+                out.losses["alignment"] = (F.cross_entropy(out.alignment_logits[labelled], alignment_labels[labelled].long())
+                                           if labelled.any() else out.alignment_logits.sum() * 0.0)
+            else:
+                out.losses["alignment"], out.losses["alignment_contrastive"] = contrastive_alignment_loss(
+                    out.alignment_logits, alignment_labels, alignment_groups)
         if self.classifier is not None:
             out.logits = self.classifier(self.head_drop(pooled))  # (B, num_labels)
             if labels is not None:

@@ -16,11 +16,16 @@ Taught in ``07_videobert_pretraining``. Orchestration only: the loop is
   prior (TinyCook's narration only), ``"video"`` masked visual tokens only,
   ``"text_video"`` is VideoBERT: text-only, video-only and text-video with
   linguistic-visual alignment, mixed by :attr:`PretrainSettings.regime_weights`.
-  Two departures from the paper, both settings: salient-word masking
+  Two departures from the paper, both settings, and a third on offer: salient-word masking
   (:attr:`PretrainSettings.salient_rate`) and misaligned pairs that teach
-  alignment only (:attr:`PretrainSettings.mask_negatives`); without them the
+  alignment only (:attr:`PretrainSettings.mask_negatives`), without which the
   model learns to guess a masked verb from the words beside it and never
-  reads the video (``bench/studies/video_probe.py``).
+  reads the video (``bench/studies/video_probe.py``); and a contrastive
+  alignment loss over groups of sentences and videos
+  (:attr:`PretrainSettings.alignment_loss`, not the default: with the binary
+  loss the alignment head stays at chance, with it the head learns but the
+  zero-shot rows lose and a step costs twice as much;
+  ``bench/studies/pretrain_sweep_cpu_r4.json``).
 - :func:`pretrain_loaders`: one :class:`~vbert_lab.train.ResumableLoader`
   per regime over the training videos (``fraction`` of them, for the data
   scaling study), each with its own masking :class:`~vbert_lab.sequences.Collator`.
@@ -76,6 +81,7 @@ SETTINGS_FILE = "pretrain.json"
 # Bumped whenever the same settings come to mean different training (how pairs are drawn or masked, say), so that
 # ensure_pretrained does not reuse a run made by the earlier code. 2: salient-word rows only for sentences with one.
 # 3: negatives carry as many video tokens as the sentence's own segment; the model's new rows start from run.seed.
+# (The contrastive alignment loss came later as a new setting; with alignment_loss="binary", recipe 3's draws.)
 RECIPE_VERSION = 3
 
 
@@ -118,6 +124,22 @@ class PretrainSettings:
     # as in UNITER: their words predicted from another video's tokens would teach the model to ignore the video;
     # they are masked all the same, so that masks do not tell the pairs apart)
     mask_negatives: bool = False
+    # how alignment is learnt: "binary" (the paper's: each pair aligned or not, negatives drawn with p = 0.5) or
+    # "contrastive": the first alignment_group sentences of distinct videos in a text-video batch (at most half of
+    # it) are each shown with every one's video (alignment_group ** 2 pairs) and must pick their own among them, and
+    # each video its sentence (model.contrastive_alignment_loss); the batch's other sentences are salient-word rows
+    # or binary pairs as before. With the binary loss the head stays at chance on TinyCook (held-out 0.48 / 0.52,
+    # seeds 0 / 1); with this one (and salient_rate=1, batch_size=24) it learns, 0.74 / 0.72 at 300 steps, but the
+    # zero-shot rows lose on average and a text-video step costs twice as much: notebooks 07 + 08 took 21.5 minutes
+    # on the cpu profile, over the course's 20 (bench/studies/README.md, pretrain_sweep_cpu_r4.json). Not the default.
+    alignment_loss: str = "binary"
+    alignment_group: int = 8
+    # the groups' rows masked like the other pairs (their diagonal's masked tokens predicted) or shown whole (False:
+    # alignment only, as the held-out pairs are shown; masked, held-out alignment stayed at 0.54)
+    mask_groups: bool = False
+    # the groups drawn from sentences that name a salient word only (a sentence of filler words matches no video;
+    # it left fewer salient-word rows, and the zero-shot rows fell: pretrain_sweep.py's "-gs" row)
+    group_salient: bool = False
     # one regime per step, drawn with these weights: most steps are text-video, the only regime that ties words to video
     regime_weights: dict[str, float] = field(default_factory=lambda: {"text": 1.0, "video": 1.0, "text_video": 12.0})
 
@@ -132,6 +154,13 @@ class PretrainSettings:
         for name in ("text_rate", "video_rate", "pair_text_rate", "salient_rate"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1]")
+        if self.alignment_loss not in ("binary", "contrastive"):
+            raise ValueError(f"alignment_loss={self.alignment_loss!r}: choose 'binary' or 'contrastive'")
+        if self.alignment_group < 2:
+            raise ValueError(f"alignment_group={self.alignment_group} must be >= 2 (sentences ranked against one another)")
+        if self.alignment_loss == "contrastive" and not self.fresh_pairs:
+            raise ValueError("alignment_loss='contrastive' draws its groups with the pairs, which needs fresh_pairs=True; "
+                             "with fresh_pairs=False set alignment_loss='binary'")
         self.regime_weights = {k: float(v) for k, v in self.regime_weights.items()}
         self.salient_words = [str(w) for w in self.salient_words]
         if self.salient_rate > 0 and not self.fresh_pairs:
@@ -177,9 +206,12 @@ def default_train_config(run, **overrides) -> TrainConfig:
     """The profile's :class:`~vbert_lab.train.TrainConfig` for pretraining; ``overrides`` win."""
     p = run.profile
     steps = int(overrides.get("max_steps", p.pretrain_steps))
+    # the contrastive alignment loss (when used) at half weight: at full weight the zero-shot rows fell further
+    # (pretrain_sweep.py, r4 rows); the binary loss has no such term, so this weight changes nothing there
     args = dict(max_steps=steps, lr=p.pretrain_lr, warmup_steps=max(1, steps // 10), decay="cosine",
                 min_lr_ratio=0.1, weight_decay=0.01, seed=run.seed, device=run.device,
-                checkpoint_every=max(1, steps // 2), keep_last=1, log_every=1)
+                checkpoint_every=max(1, steps // 2), keep_last=1, log_every=1,
+                loss_weights={"alignment_contrastive": 0.5})
     args.update(overrides)
     return TrainConfig(**args)
 
@@ -248,13 +280,14 @@ class _PretrainCollator:
     token, drawn from the same seeded generator, becomes ``[MASK]``.
     """
 
-    def __init__(self, config: VideoBertConfig, salient_ids=(), mask_negatives: bool = True, **kw):
+    def __init__(self, config: VideoBertConfig, salient_ids=(), mask_negatives: bool = True, mask_groups: bool = True, **kw):
         from .sequences import Collator
 
         self.inner = Collator(config, mask=True, **kw)
         self.config = config
         self.salient_ids = torch.as_tensor(sorted({int(i) for i in salient_ids}), dtype=torch.long)
         self.mask_negatives = bool(mask_negatives)
+        self.mask_groups = bool(mask_groups)
 
     @property
     def generator(self) -> torch.Generator:  # re-seeded by ResumableLoader before each batch
@@ -266,12 +299,20 @@ class _PretrainCollator:
         salient = torch.tensor([bool(e.get("salient", False)) for e in examples])
         original = [e["input_ids"] for e in examples]
         batch = self.inner(examples)
+        grouped = torch.zeros(len(examples), dtype=torch.bool)
+        if "alignment_group" in examples[0]:
+            batch["alignment_groups"] = torch.tensor([int(e["alignment_group"]) for e in examples], dtype=torch.long)
+            grouped = batch["alignment_groups"] >= 0
         labels = batch["mlm_labels"]
         aligned = batch.get("alignment_labels")
-        if aligned is not None and (not self.mask_negatives or salient.any()):
+        unmask = grouped.any() and not self.mask_groups
+        if aligned is not None and (not self.mask_negatives or salient.any() or unmask):
             ids = torch.full_like(batch["input_ids"], self.config.pad_token_id)
             for b, row in enumerate(original):
                 ids[b, : len(row)] = row
+            if unmask:  # the groups' rows teach alignment only, shown whole as held-out pairs are
+                batch["input_ids"][grouped] = ids[grouped]
+                labels[grouped] = IGNORE_INDEX
             if not self.mask_negatives:  # a misaligned pair's masked tokens are not predicted; they stay masked,
                 labels[aligned == 0] = IGNORE_INDEX  # or "no [MASK] in sight" would give its label away
             if salient.any():  # every salient word masked and predicted; the alignment label ignored
@@ -283,7 +324,10 @@ class _PretrainCollator:
             cfg = self.config
             special = torch.tensor([cfg.pad_token_id, cfg.cls_token_id, cfg.sep_token_id, cfg.mask_token_id,
                                     *(cfg.special_token_id(t) for t in cfg.special_tokens)])
-            maskable = (~torch.isin(batch["input_ids"], special)).nonzero()
+            maskable = ~torch.isin(batch["input_ids"], special)
+            if unmask and (maskable & ~grouped.unsqueeze(1)).any():  # not in a group shown whole, where there is a choice
+                maskable &= ~grouped.unsqueeze(1)
+            maskable = maskable.nonzero()
             if len(maskable):
                 b, t = maskable[int(torch.randint(len(maskable), (1,), generator=self.generator))].tolist()
                 labels[b, t] = batch["input_ids"][b, t]
@@ -294,46 +338,76 @@ class _PretrainCollator:
 class _PairCollator(_PretrainCollator):
     """Text-video batches whose pairs are drawn afresh each time (``PretrainSettings.fresh_pairs``).
 
-    For each example's sentence: if it has salient words, with probability
-    ``salient_rate`` a salient-word row (its own video, every salient word
-    masked, alignment label ignored); otherwise, with probability ``p_misaligned``, the tokens of
+    With ``group = n >= 2`` (``alignment_loss="contrastive"``), the batch's first
+    ``n`` sentences of distinct videos form a group: each is shown with every
+    one's video tokens (its own on the diagonal, label 1; the others cut or
+    repeated to its own number of tokens, label 0), ``n * n`` rows, row-major,
+    first in the batch, with ``alignment_groups`` (see
+    :func:`vbert_lab.model.contrastive_alignment_loss`). For each other
+    sentence: if it has salient words, with probability ``salient_rate`` a
+    salient-word row (its own video, every salient word masked, alignment
+    label ignored); otherwise, with probability ``p_misaligned``, the tokens of
     a segment of another video, cut or repeated to its own number of tokens
-    (:func:`~vbert_lab.sequences.misaligned_segment`; label 0), else its own (label 1). Then the
-    paper's stride noise (a random stride 1..``max_stride``). All draws come
-    from the collator's generator, which :class:`~vbert_lab.train.ResumableLoader`
-    re-seeds before each batch, so a resumed run draws the same pairs.
+    (:func:`~vbert_lab.sequences.misaligned_segment`; label 0), else its own
+    (label 1). Then the paper's stride noise (a random stride
+    1..``max_stride``) on every row. All draws come from the collator's
+    generator, which :class:`~vbert_lab.train.ResumableLoader` re-seeds before
+    each batch, so a resumed run draws the same pairs.
     """
 
     def __init__(self, config: VideoBertConfig, pool: list, max_len: int | None, max_stride: int,
-                 p_misaligned: float = 0.5, salient_rate: float = 0.0, **kw):
+                 p_misaligned: float = 0.5, salient_rate: float = 0.0, group: int = 0, group_salient: bool = False, **kw):
         super().__init__(config, **kw)
         self.pool, self.max_len, self.max_stride, self.p_misaligned = pool, max_len, max(1, int(max_stride)), p_misaligned
         self.salient_rate = float(salient_rate) if len(self.salient_ids) else 0.0
+        self.group = int(group)
+        self.group_salient = bool(group_salient) and len(self.salient_ids) > 0
 
     def _draw(self, n: int) -> int:
         return int(torch.randint(n, (), generator=self.generator))
 
-    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        from .sequences import build_sequence, misaligned_segment
+    def _has_salient(self, segment) -> bool:
+        return bool(torch.isin(torch.as_tensor(segment.text, dtype=torch.long), self.salient_ids).any())
 
-        rows = []
+    def _row(self, own, shown, label: int, salient: bool = False, group: int = -1) -> dict:
+        """The sequence of ``own``'s sentence with ``shown``'s tokens, after the paper's stride noise."""
+        from .sequences import build_sequence
+
+        stride = 1 + self._draw(self.max_stride)
+        offset = self._draw(stride) if len(shown.visual) > stride else 0
+        audio = shown.audio[offset::stride] if shown.audio else None
+        row = build_sequence(self.config, own.text, shown.visual[offset::stride], audio, self.max_len)
+        row["alignment_label"], row["salient"] = label, salient
+        if self.group >= 2:
+            row["alignment_group"] = group
+        return row
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        from .sequences import misaligned_segment
+
+        square, rest = [], []
         for e in examples:
             own = e["segment"]
+            if (len(square) < self.group and all(own.video_id != s.video_id for s in square)
+                    and (not self.group_salient or self._has_salient(own))):
+                square.append(own)
+            else:
+                rest.append(own)
+        if len(square) < 2:  # one video in the whole batch: no group, binary pairs only
+            square, rest = [], [*square, *rest]
+        rows = [self._row(own, own if i == j else misaligned_segment(own, other, self._draw), int(i == j), group=0)
+                for i, own in enumerate(square) for j, other in enumerate(square)]
+        for own in rest:
             shown, label = own, 1
             salient = self.salient_rate > 0 and float(torch.rand((), generator=self.generator)) < self.salient_rate
-            salient = salient and bool(torch.isin(torch.as_tensor(own.text, dtype=torch.long), self.salient_ids).any())
+            salient = salient and self._has_salient(own)
             if not salient and float(torch.rand((), generator=self.generator)) < self.p_misaligned:
                 for _ in range(16):  # another video's segment; the pool always holds some (checked when built)
                     other = self.pool[self._draw(len(self.pool))]
                     if other.video_id != own.video_id:  # as many video tokens as its own: no length give-away
                         shown, label = misaligned_segment(own, other, self._draw), 0
                         break
-            stride = 1 + self._draw(self.max_stride)
-            offset = self._draw(stride) if len(shown.visual) > stride else 0
-            audio = shown.audio[offset::stride] if shown.audio else None
-            row = build_sequence(self.config, own.text, shown.visual[offset::stride], audio, self.max_len)
-            row["alignment_label"], row["salient"] = label, salient
-            rows.append(row)
+            rows.append(self._row(own, shown, label, salient))
         return super().__call__(rows)
 
 
@@ -370,13 +444,16 @@ def pretrain_loaders(run, config: VideoBertConfig, settings: PretrainSettings, s
         rates = dict(text_rate=text_rate, video_rate=settings.video_rate, audio_rate=settings.video_rate, seed=seed + i)
         if regime == "text_video":
             rates.update(salient_ids=salient_token_ids(settings) if settings.salient_rate > 0 else (),
-                         mask_negatives=settings.mask_negatives)
+                         mask_negatives=settings.mask_negatives, mask_groups=settings.mask_groups)
         if regime == "text_video" and settings.fresh_pairs:
             pool = [e["segment"] for e in rows]
             if len({seg.video_id for seg in pool}) < 2:
                 raise ValueError(f"text-video pairs need >= 2 training videos with narration (fraction={settings.fraction})")
+            # at most half the batch's sentences: the other half are the rows that predict words from the video
+            group = min(settings.alignment_group, settings.batch_size // 2) if settings.alignment_loss == "contrastive" else 0
             collate = _PairCollator(config, pool, settings.max_len or None, settings.max_stride,
-                                    salient_rate=settings.salient_rate, **rates)
+                                    salient_rate=settings.salient_rate, group=group, group_salient=settings.group_salient,
+                                    **rates)
         else:
             collate = _PretrainCollator(config, **rates)
         loaders[regime] = ResumableLoader(rows, min(settings.batch_size, len(rows)), collate, seed=seed + 100 + i)

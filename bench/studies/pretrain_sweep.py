@@ -18,7 +18,9 @@ default all). Results of 2026-11-26 on an H100 (the settings before salient
 masking): ``pretrain_sweep_h100.json``; of 2026-11-27 on an H200 (the
 ``salient*`` rows, two device runs): ``pretrain_sweep_h200_salient.json``; of 2026-11-27 on the 2-core CPU with the
 max-pooling extractor (``salient600``, ``salient600-b16``, seed 0): ``pretrain_sweep_cpu_maxpool.json``; of
-2026-11-27 on an H200 with recipe 3 (the ``r3-*`` rows): ``pretrain_sweep_h200_r3.json``.
+2026-11-27 on an H200 with recipe 3 (the ``r3-*`` rows): ``pretrain_sweep_h200_r3.json``; of 2026-11-27 on the
+2-core CPU with recipe 4, the contrastive alignment loss (the ``r4-*`` rows, ``DEVICE=cpu PRIOR=0``):
+``pretrain_sweep_cpu_r4.json``.
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ TV8 = {"text": 1.0, "video": 1.0, "text_video": 8.0}
 TV16 = {"text": 1.0, "video": 1.0, "text_video": 16.0}
 # the defaults before salient-word masking (2026-11-27): the paper's [CLS], every masked token predicted
 BEFORE = {"pooling": "cls", "salient_rate": 0.0, "mask_negatives": True, "regime_weights": {"text": 1.0, "video": 1.0, "text_video": 4.0}}
-# (name, steps, settings): lr, num_layers, loss_weights and the PretrainSettings fields; {} is today's defaults
+# (name, steps, settings): lr, num_layers, loss_weights and the PretrainSettings fields, over today's defaults;
+# the rows before recipe 4 over the binary alignment loss of their day (BINARY, applied below)
+BINARY = {"alignment_loss": "binary", "salient_rate": 0.5, "batch_size": 32}
 SETTINGS = [
     ("salient300", 300, {}),
     ("salient300-lr1e-3", 300, {"lr": 1e-3}),
@@ -56,6 +60,21 @@ SETTINGS = [
     ("r3-3000", 3000, {}),
     ("r3-10000", 10000, {}),
     ("r3-3000-sr0", 3000, {"salient_rate": 0.0}),  # every text-video example teaches alignment
+    # recipe 4 (2026-11-27): the contrastive alignment loss (model.contrastive_alignment_loss). Every setting spelt
+    # out, as these rows ran (the defaults moved after them). n: alignment_group, b: batch_size; um: the groups'
+    # rows shown whole (mask_groups=False); sr1: salient_rate=1; cw05: the contrastive loss at weight 0.5 (the
+    # sweep passes loss_weights={} otherwise: weight 1); gs: group_salient. r4-n8b24-um-sr1-cw05 is today's default.
+    ("r4-binary", 300, {"alignment_loss": "binary", "salient_rate": 0.5, "batch_size": 32}),  # recipe 3's draws
+    ("r4-n6b24", 300, {"batch_size": 24, "alignment_group": 6, "salient_rate": 0.5, "mask_groups": True}),
+    ("r4-n6b24-um", 300, {"batch_size": 24, "alignment_group": 6, "salient_rate": 0.5, "mask_groups": False}),
+    ("r4-n8b16-um", 300, {"batch_size": 16, "alignment_group": 8, "salient_rate": 0.5, "mask_groups": False}),
+    ("r4-n6b24-um-sr1", 300, {"batch_size": 24, "alignment_group": 6, "salient_rate": 1.0, "mask_groups": False}),
+    ("r4-n6b24-um-sr1-cw05", 300, {"batch_size": 24, "alignment_group": 6, "salient_rate": 1.0, "mask_groups": False,
+                                   "loss_weights": {"alignment_contrastive": 0.5}}),
+    ("r4-n8b24-um-sr1-cw05", 300, {"batch_size": 24, "alignment_group": 8, "salient_rate": 1.0, "mask_groups": False,
+                                   "loss_weights": {"alignment_contrastive": 0.5}}),
+    ("r4-n8b24-um-sr1-cw05-gs", 300, {"batch_size": 24, "alignment_group": 8, "salient_rate": 1.0, "mask_groups": False,
+                                      "group_salient": True, "loss_weights": {"alignment_contrastive": 0.5}}),
 ] + [(name, steps, {**BEFORE, **kw}) for name, steps, kw in [
     ("base300", 300, {}),
     ("mean300", 300, {"pooling": "mean"}),
@@ -73,6 +92,7 @@ SETTINGS = [
     ("tv8-lr1e-3-600", 600, {"pooling": "mean", "lr": 1e-3, "regime_weights": TV8}),
     ("tv8-1000", 1000, {"pooling": "mean", "regime_weights": TV8}),
 ]]
+SETTINGS = [(name, steps, kw if name.startswith("r4-") else {**BINARY, **kw}) for name, steps, kw in SETTINGS]
 
 
 def _r(x: float | None) -> float | None:
