@@ -347,7 +347,10 @@ def load_tinycook3d(path: str | os.PathLike) -> TinyCook3D:
         raise WeightsNotFound(f"{path}: not a readable tinycook3d weights file ({err}); delete it and train again") from None
     if header.get("extractor") != TinyCook3D.name:
         raise WeightsNotFound(f"{path}: holds {header.get('extractor')!r} weights, not tinycook3d; pass the right file")
-    model = TinyCook3D(TinyCook3DConfig(**{"pooling": "mean", **header["config"]}))  # older files pooled by mean
+    # the weights are the file's: building the network must not move the caller's generator (its random
+    # initialisation is thrown away), or whatever the caller draws next would depend on loading an extractor
+    with torch.random.fork_rng(devices=[]):
+        model = TinyCook3D(TinyCook3DConfig(**{"pooling": "mean", **header["config"]}))  # older files pooled by mean
     model.load_state_dict(state)
     model.meta = header.get("meta", {})
     return model.eval()
