@@ -288,6 +288,20 @@ def test_contrastive_batches_show_each_sentence_of_a_group_with_every_groups_vid
     differ = whole["input_ids"][:9] != batch["input_ids"][:9]  # as drawn unmasked (same seed, same draws), but for
     assert differ.sum() <= 1 and (batch["input_ids"][:9][differ] == cfg.mask_token_id).all()  # the one forced [MASK]
     assert (whole["mlm_labels"][:9] == -100).all() and (whole["mlm_labels"][9] != -100).any()
+    # group_salient: only sentences that name a cooking word enter the group (the others stay in the batch's rest)
+    salient_ids = pretrain.salient_token_ids(settings)
+    plain = [e for e in loader.dataset if not set(e["segment"].text) & set(salient_ids)]
+    cooking = [e for e in loader.dataset if set(e["segment"].text) & set(salient_ids)]
+    assert plain and cooking
+    mixed = [plain[0], *[e for e in cooking if e["segment"].video_id != plain[0]["segment"].video_id]][:4]
+    only = pretrain._PairCollator(cfg, pool, None, max_stride=1, text_rate=0.0, video_rate=0.0, audio_rate=0.0, seed=0,
+                                  group=3, group_salient=True, salient_ids=salient_ids)(mixed)
+    first = pretrain._PairCollator(cfg, pool, None, max_stride=1, text_rate=0.0, video_rate=0.0, audio_rate=0.0, seed=0,
+                                   group=3, salient_ids=salient_ids)(mixed)
+    sentence = lambda b, r: b["input_ids"][r, 1 : 1 + 4].tolist()  # noqa: E731  (the first words of row r)
+    assert sentence(first, 0) == list(plain[0]["segment"].text[:4])  # without: the first sentence, plain or not
+    n = round(int((only["alignment_groups"] == 0).sum()) ** 0.5)
+    assert n >= 2 and all(sentence(only, i * n) != list(plain[0]["segment"].text[:4]) for i in range(n))  # with: never it
     # "contrastive" settings draw groups of alignment_group, at most half the batch (TINY's 4 examples: 2 x 2);
     # the default, "binary", draws none
     grouped = next(iter(loader))
