@@ -10,7 +10,7 @@ from torch import nn
 
 from vbert_lab import evaluate as ev
 from vbert_lab.model import VideoBert, VideoBertConfig
-from vbert_lab.sequences import build_sequence
+from vbert_lab.sequences import Collator, build_sequence
 from vbert_lab.text import load_wordpiece
 from vbert_lab.tinycook import INGREDIENTS, VERBS
 
@@ -122,6 +122,11 @@ def test_alignment_accuracy_reads_the_head_on_cls():
     with torch.no_grad():
         model.alignment_head.bias.copy_(torch.tensor([50.0, 0.0]))
     assert ev.alignment_accuracy(model, examples, batch_size=3) == 0.25
+    scores, labels = ev.alignment_scores(model, examples, batch_size=3)  # the head's logit[1] - logit[0]
+    with torch.no_grad():
+        logits = model(**Collator(cfg, mask=False)([{k: v for k, v in e.items() if k != "alignment_label"} for e in examples])).alignment_logits
+    torch.testing.assert_close(scores, logits[:, 1] - logits[:, 0])
+    assert labels.tolist() == [1, 1, 1, 0] and (scores < -40).all()
 
 
 def test_text_to_video_and_forecast_return_the_likeliest_visual_tokens(tok):

@@ -67,6 +67,7 @@ __all__ = [
     "zero_shot_accuracy",
     "zero_shot_table",
     "alignment_examples",
+    "alignment_scores",
     "alignment_accuracy",
     "text_to_video",
     "forecast",
@@ -326,26 +327,38 @@ def alignment_examples(config: VideoBertConfig, segments: Sequence[HeldOutSegmen
 
 
 @torch.no_grad()
-def alignment_accuracy(model: VideoBert, examples: Sequence[dict], batch_size: int = 64) -> float:
-    """Accuracy of the alignment head (``argmax`` of ``[not aligned, aligned]`` on ``[CLS]``) on labelled examples.
+def alignment_scores(model: VideoBert, examples: Sequence[dict], batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """The alignment head's score ``logit[aligned] - logit[not aligned]`` and the label of each example.
 
     ``examples``: :func:`~vbert_lab.sequences.build_sequence` dicts with
-    ``"alignment_label"``. Taught in ``07_videobert_pretraining``.
+    ``"alignment_label"``. Returns two ``(N,)`` CPU tensors. Taught in ``07_videobert_pretraining``.
     """
     from .sequences import Collator
 
     if not examples:
-        raise ValueError("alignment_accuracy of no examples")
+        raise ValueError("alignment_scores of no examples")
     model.eval()
     device = next(model.parameters()).device
     collate = Collator(model.config, mask=False)
-    right = 0
+    scores, labels = [], []
     for lo in range(0, len(examples), batch_size):
         batch = collate(list(examples[lo : lo + batch_size]))
-        labels = batch.pop("alignment_labels")
-        out = model(**{k: v.to(device) for k, v in batch.items()})
-        right += int((out.alignment_logits.argmax(-1).cpu() == labels).sum())
-    return right / len(examples)
+        labels.append(batch.pop("alignment_labels"))
+        logits = model(**{k: v.to(device) for k, v in batch.items()}).alignment_logits.float().cpu()
+        scores.append(logits[:, 1] - logits[:, 0])
+    return torch.cat(scores), torch.cat(labels)
+
+
+def alignment_accuracy(model: VideoBert, examples: Sequence[dict], batch_size: int = 64) -> float:
+    """Accuracy of the alignment head (``argmax`` of ``[not aligned, aligned]``, i.e. score ``> 0``) on labelled examples.
+
+    ``examples``: :func:`~vbert_lab.sequences.build_sequence` dicts with
+    ``"alignment_label"``. Taught in ``07_videobert_pretraining``.
+    """
+    if not examples:
+        raise ValueError("alignment_accuracy of no examples")
+    scores, labels = alignment_scores(model, examples, batch_size)
+    return int(((scores > 0).long() == labels).sum()) / len(examples)
 
 
 # --------------------------------------------------------------------------- generation

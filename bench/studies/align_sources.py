@@ -49,6 +49,7 @@ import torch
 from bench.studies._common import open_folder, use_saved_stages
 from vbert_lab import evaluate, pipeline, pretrain
 from vbert_lab import sequences as S
+from vbert_lab.model import contrastive_alignment_loss
 from vbert_lab.text import load_wordpiece
 
 
@@ -125,12 +126,8 @@ def train_alignment(run, settings, pairs, heldout_examples, steps: int, every: i
         logits = model(**batch).alignment_logits
         if loss_kind == "binary":
             loss = F.cross_entropy(logits, labels)
-        else:
-            n = int(len(rows) ** 0.5)
-            score, target = (logits[:, 1] - logits[:, 0]).view(n, n), torch.arange(n, device=logits.device)
-            weight = torch.where(labels == 1, float(n - 1), 1.0)
-            loss = (F.cross_entropy(score, target) + F.cross_entropy(score.T, target)
-                    + (F.cross_entropy(logits, labels, reduction="none") * weight).sum() / weight.sum())
+        else:  # one group: every row of the batch (the loss the course's pretraining uses, model.py)
+            loss = sum(contrastive_alignment_loss(logits, labels, torch.zeros_like(labels)))
         opt.zero_grad()
         loss.backward()
         opt.step()

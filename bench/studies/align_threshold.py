@@ -22,27 +22,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 from sklearn.metrics import roc_auc_score
 
 from bench.studies._common import open_folder, use_saved_stages
 from vbert_lab import evaluate
 from vbert_lab.model import VideoBert
-from vbert_lab.sequences import Collator
 from vbert_lab.text import load_wordpiece
-
-
-@torch.no_grad()
-def scores(model: VideoBert, examples: list[dict]) -> tuple[np.ndarray, np.ndarray]:
-    """The head's score and the label of every example."""
-    model.eval()
-    collate, s, y = Collator(model.config, mask=False), [], []
-    for lo in range(0, len(examples), 64):
-        batch = collate(examples[lo : lo + 64])
-        y += batch.pop("alignment_labels").tolist()
-        logits = model(**batch).alignment_logits
-        s += (logits[:, 1] - logits[:, 0]).tolist()
-    return np.asarray(s), np.asarray(y)
 
 
 def main(data_dir: str, checkpoints: list[str]) -> list[dict]:
@@ -54,7 +39,8 @@ def main(data_dir: str, checkpoints: list[str]) -> list[dict]:
     rows = []
     for checkpoint in checkpoints:
         model = VideoBert.from_pretrained(checkpoint)
-        s, y = scores(model, evaluate.alignment_examples(model.config, heldout, seed=0, tokenizer=load_wordpiece()))
+        s, y = (t.numpy() for t in evaluate.alignment_scores(
+            model, evaluate.alignment_examples(model.config, heldout, seed=0, tokenizer=load_wordpiece())))
         best = max(float(((s > t) == y).mean()) for t in np.concatenate([[-np.inf], s]))
         row = dict(data=Path(data_dir).name, checkpoint=str(checkpoint), pairs=len(y), acc_at_0=round(float(((s > 0) == y).mean()), 3),
                    acc_best_threshold=round(best, 3), auc=round(float(roc_auc_score(y, s)), 3), median_score=round(float(np.median(s)), 2))
