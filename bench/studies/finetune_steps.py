@@ -24,7 +24,7 @@ def main(data_dir: str, overrides: dict, fraction: float = 0.1) -> dict:
     use_saved_stages()
     run = open_folder(data_dir, os.environ.get("DEVICE", "cpu"))
     row = {"data": Path(data_dir).name, "overrides": overrides, "fraction": fraction}
-    for mode in finetune.MODES:
+    for mode in [m for m in os.environ.get("MODES", ",".join(finetune.MODES)).split(",") if m]:  # MODES: a subset
         values = []
         for seed in finetune.seeds_of(run, 3):
             settings = finetune.default_settings(run, "action", mode, fraction, True, seed, **overrides)
