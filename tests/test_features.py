@@ -401,5 +401,11 @@ def test_ensure_features_trains_once_and_reuses_what_is_on_disk(tc, tmp_path, mo
     monkeypatch.setattr(features, "train_tinycook3d", no_training)
     again, rows_again = features.ensure_features(run, progress=False)
     assert torch.equal(again, feats) and rows_again == rows
+    # a file of another network (today's default channels or frame size moved) is stale: trained again, not reused
+    for other in ({"channels": (8, 8, 16, 16, 16)}, {"frame_size": 32}):
+        changed = replace(TINY, **other)
+        monkeypatch.setattr(features, "TinyCook3DConfig", lambda changed=changed, **fields: real_config(**fields) if fields else changed)
+        with pytest.raises(AssertionError, match="trained again"):
+            features.ensure_extractor(run, progress=False)
     labels = features.label_clips(data, rows)
     assert any(label is not None for label in labels) and any(label is None for label in labels)

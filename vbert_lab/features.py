@@ -1135,8 +1135,10 @@ def ensure_extractor(run, force: bool = False, progress: bool = True) -> Extract
     split = extractor_split(data_dir, getattr(run.profile, "extractor_videos", None), seed=run.seed)
     if path.is_file() and not force:
         model = load_tinycook3d(path)
+        # the whole network's config, not only its pooling: a file of other channels or frame size is another
+        # extractor, whose features the codebook and tokens downstream must not mix with today's
         if model.meta.get("videos") == split["extractor"] and model.meta.get("epochs") == epochs \
-                and model.meta.get("seed") == run.seed and model.config.pooling == TinyCook3DConfig().pooling:
+                and model.meta.get("seed") == run.seed and model.config == TinyCook3DConfig():
             return model
     model = train_tinycook3d(data_dir, split["extractor"], epochs=epochs, seed=run.seed, device=run.device,
                              progress=progress)
