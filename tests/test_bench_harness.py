@@ -49,3 +49,25 @@ def test_interleaved_timing_takes_turns_and_returns_medians():
     assert set(out) == {"a", "b"} and 0 <= out["a"] < 0.02 and out["b"] < 0.02
     with pytest.raises(ValueError):
         interleaved_median_seconds({"a": a}, reps=0)
+
+
+def _append_many(path, worker, n):
+    from bench.studies._common import append_row
+
+    for i in range(n):
+        append_row(path, {"worker": worker, "i": i})
+
+
+def test_studies_side_by_side_append_every_row(tmp_path):
+    """Studies run one process per seed and append to one JSON file: no process's row may be lost."""
+    import multiprocessing as mp
+
+    path = tmp_path / "rows.json"
+    procs = [mp.get_context("spawn").Process(target=_append_many, args=(path, w, 25)) for w in range(6)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    rows = json.loads(path.read_text())
+    assert sorted((r["worker"], r["i"]) for r in rows) == [(w, i) for w in range(6) for i in range(25)]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 from pathlib import Path
 
 import vbert_lab
@@ -32,3 +34,23 @@ def use_saved_stages() -> None:
     pipeline.ensure_codebook = lambda run, modality="visual", **kw: HierarchicalKMeans.load(
         run.stage_dir("codebook") / modality, device="cpu")
     pipeline.ensure_tokens = lambda run, **kw: run.stage_dir("tokens")
+
+
+def append_row(path: str | Path, row: dict) -> list[dict]:
+    """Append ``row`` to the JSON list in ``path`` (created if absent) and return the list.
+
+    Studies run side by side (one process per seed) append to one file: the
+    read, append and write happen under an exclusive lock on ``<path>.lock``,
+    and the file is replaced atomically, so no process's row is lost and a
+    reader never sees half a file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = json.loads(path.read_text()) if path.is_file() else []
+        rows.append(row)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(rows, indent=1) + "\n")
+        os.replace(tmp, path)
+    return rows

@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from bench.studies._common import open_folder, use_saved_stages
+from bench.studies._common import append_row, open_folder, use_saved_stages
 from vbert_lab import finetune
 
 
@@ -31,11 +31,7 @@ def main(data_dir: str, overrides: dict, fraction: float = 0.1) -> dict:
             values.append(finetune.ensure_finetuned(run, settings=settings, keep_model=False, load_model=False).accuracy)
         row[mode] = {"mean": round(sum(values) / len(values), 3), "values": [round(v, 3) for v in values], "steps": settings.steps}
         print(mode, row[mode], flush=True)
-    out = Path(os.environ.get("OUT", "build/studies"))
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "finetune_steps.json"
-    rows = json.loads(path.read_text()) if path.is_file() else []
-    path.write_text(json.dumps(rows + [row], indent=1) + "\n")
+    append_row(Path(os.environ.get("OUT", "build/studies")) / "finetune_steps.json", row)
     print(json.dumps(row))
     return row
 

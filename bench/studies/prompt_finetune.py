@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench.studies._common import open_folder, use_saved_stages
+from bench.studies._common import append_row, open_folder, use_saved_stages
 from vbert_lab import evaluate, finetune, pretrain
 from vbert_lab.model import VideoBert
 from vbert_lab.sequences import Collator, build_sequence
@@ -153,12 +153,11 @@ def main(data_dirs: list[str]) -> list[dict]:
     fraction, steps = float(os.environ.get("FRACTION", "0.1")), int(os.environ.get("STEPS", "80"))
     lr, device = float(os.environ.get("LR", "3e-4")), os.environ.get("DEVICE", "cpu")
     use_saved_stages()
-    path = out / "prompt_finetune.json"
-    rows = json.loads(path.read_text()) if path.is_file() else []
+    rows = []
     for data_dir in data_dirs:
         rows.append(study(data_dir, overrides, fraction, steps, lr, device))
         print(json.dumps(rows[-1]), flush=True)
-        path.write_text(json.dumps(rows, indent=1) + "\n")
+        append_row(out / "prompt_finetune.json", rows[-1])
     return rows
 
 
