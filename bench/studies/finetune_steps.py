@@ -6,7 +6,7 @@ with overrides of its settings, over 3 seeds: does the pretrained model need mor
 As ``prompt_finetune``, give it a *copy* of a course folder (the JSON files, ``derived/{codebook,tokens}`` and, to
 skip pretraining, ``derived/pretrain/text_video-100pct``): the fine-tuning runs are written into it. A JSON row is
 printed per call and appended to ``$OUT/finetune_steps.json``. Results of 2026-11-27 (2-core CPU):
-``finetune_steps_cpu.json``.
+``finetune_steps_cpu.json`` (``MODES``: a comma-separated subset of the modes to run).
 """
 
 from __future__ import annotations
