@@ -10,6 +10,7 @@ import torch
 from vbert_lab import cli, pipeline, pretrain, profiles
 from vbert_lab.model import VideoBert
 from vbert_lab.profiles import Profile
+from vbert_lab.sequences import segments_of
 from vbert_lab.session import Session
 from vbert_lab.train import TrainConfig, read_metrics
 
@@ -39,6 +40,55 @@ def test_model_is_minilm_cut_short_with_centroid_visual_embeddings(run):
     torch.testing.assert_close(ratio, torch.full_like(ratio, float(ratio[0])))
     with pytest.raises(ValueError, match="keep 1..1"):
         pretrain.truncate_layers(model, 2)
+
+
+def test_word_anchor_moves_visual_rows_towards_the_cooking_words_they_co_occur_with(run):
+    import math
+
+    settings = pretrain.default_settings(run)
+    plain = pretrain.build_model(run, settings)
+    cfg = plain.config
+    salient = pretrain.salient_token_ids(settings)
+    counts = pretrain.word_counts(run, cfg, 1.0, salient)
+    # counted by hand from the training segments: each (token, word) pair once per segment
+    by_hand = {}
+    for video in pipeline.load_tokens(run, "training"):
+        for seg in segments_of(video):
+            for v in set(seg.visual):
+                for w in set(seg.text) & set(salient):
+                    by_hand[v, w] = by_hand.get((v, w), 0) + 1
+    assert by_hand and {(v, w): int(counts[v, w]) for v, w in by_hand} == by_hand
+    assert counts.sum() == sum(by_hand.values())  # nothing outside the cooking words
+
+    anchored = pretrain.build_model(run, pretrain.default_settings(run, word_anchor=0.5))
+    table, before = anchored.embeddings.word.weight.detach().double(), plain.embeddings.word.weight.detach().double()
+    words = before[: cfg.vocab_size]
+    norm = words.norm(dim=1).mean()
+    # PPMI with the words' marginal raised to 0.75, written out for one token in plain Python
+    total = sum(by_hand.values())
+    word_total = {w: sum(c for (_, w2), c in by_hand.items() if w2 == w) for _, w in by_hand}
+    smooth = sum(c ** 0.75 for c in word_total.values())
+    for v in sorted({v for v, _ in by_hand}):
+        row_total = sum(c for (v2, _), c in by_hand.items() if v2 == v)
+        ppmi = {w: max(0.0, math.log((c / total) / ((row_total / total) * (word_total[w] ** 0.75 / smooth))))
+                for (v2, w), c in by_hand.items() if v2 == v}
+        mass = sum(ppmi.values())
+        if not mass:
+            continue
+        target = sum(x / mass * words[w] for w, x in ppmi.items())
+        target = target * norm / target.norm()
+        expected = 0.5 * before[cfg.visual_offset + v] + 0.5 * target
+        torch.testing.assert_close(table[cfg.visual_offset + v], expected * norm / expected.norm(), rtol=1e-5, atol=1e-6)
+    # a token no cooking word was said over keeps its centroid row; the words and audio rows are untouched
+    silent = [v for v in range(cfg.n_visual_tokens) if counts[v].sum() == 0]
+    for v in silent:
+        torch.testing.assert_close(table[cfg.visual_offset + v], before[cfg.visual_offset + v])
+    torch.testing.assert_close(table[: cfg.visual_offset], before[: cfg.visual_offset])
+    torch.testing.assert_close(table[cfg.audio_offset :], before[cfg.audio_offset :])
+    with pytest.raises(ValueError, match=r"counts should be \(n_visual_tokens, vocab_size\)"):
+        plain.anchor_visual_embeddings(counts[:2])
+    with pytest.raises(ValueError, match="weight=1.5"):
+        plain.anchor_visual_embeddings(counts, 1.5)
 
 
 def test_fractions_pick_nested_training_videos(run):

@@ -551,6 +551,54 @@ class VideoBert(nn.Module):
         """As :meth:`init_visual_embeddings`, for the audio tokens."""
         return self._init_rows(self.config.audio_offset, self.config.n_audio_tokens, centroids, match_scale, "audio")
 
+    @torch.no_grad()
+    def anchor_visual_embeddings(self, counts, weight: float = 0.5, power: float = 0.75) -> torch.Tensor:
+        """Move each visual token's embedding towards the words it co-occurs with; returns the words' mix ``(n, V)``.
+
+        ``counts`` ``(n_visual_tokens, vocab_size)``: how often visual token
+        ``i`` and word ``w`` appear in the same training segment (the pairs
+        pretraining reads; no labels). Each token's target is the mean of the
+        word embeddings weighted by positive pointwise mutual information,
+        ``PPMI(i, w) = max(0, log P(i, w) / (P(i) P_a(w)))`` with the words'
+        marginal smoothed by ``power`` (Levy et al., 2015), so that words every
+        sentence has ("the", "now") weigh nothing. The row becomes
+        ``(1 - weight) * row + weight * target``, at the word embeddings' mean
+        norm; a token that co-occurs with no word keeps its row. Not the paper's
+        (its visual rows are the centroids alone): with the MLM head tied to this
+        table, a token whose row sits among "onion" and "slice" makes those words
+        likelier from the first step. Taught in ``07_videobert_pretraining``.
+        """
+        cfg = self.config
+        c = torch.as_tensor(counts, dtype=torch.float64)
+        if c.shape != (cfg.n_visual_tokens, cfg.vocab_size):
+            raise ValueError(f"counts should be (n_visual_tokens, vocab_size) = ({cfg.n_visual_tokens}, {cfg.vocab_size}), "
+                             f"got {tuple(c.shape)}")
+        if not 0 <= weight <= 1 or (c < 0).any():
+            raise ValueError(f"weight={weight} must be in [0, 1] and counts >= 0")
+        table = self.embeddings.word.weight
+        words = table[: cfg.vocab_size].double()
+        total = c.sum()
+        if total == 0:
+            return torch.zeros_like(c)
+        p_joint = c / total
+        p_token = p_joint.sum(1, keepdim=True)
+        p_word = c.sum(0, keepdim=True) ** power
+        p_word = p_word / p_word.sum()
+        pmi = torch.log(p_joint / (p_token * p_word))
+        ppmi = torch.where(c > 0, pmi, torch.zeros_like(pmi)).clamp_min(0).nan_to_num(0.0, posinf=0.0)
+        mass = ppmi.sum(1, keepdim=True)
+        mix = torch.where(mass > 0, ppmi / mass.clamp_min(1e-300), torch.zeros_like(ppmi))
+        norm = words.norm(dim=1).mean()
+        target = mix @ words
+        target = target * (norm / target.norm(dim=1, keepdim=True).clamp_min(1e-12))
+        rows = table[cfg.visual_offset : cfg.visual_offset + cfg.n_visual_tokens].double()
+        blended = (1 - weight) * rows + weight * target
+        blended = blended * (norm / blended.norm(dim=1, keepdim=True).clamp_min(1e-12))
+        keep = mass.squeeze(1) == 0
+        blended[keep] = rows[keep]
+        table[cfg.visual_offset : cfg.visual_offset + cfg.n_visual_tokens] = blended.to(table.dtype)
+        return mix.to(table.dtype)
+
     def _init_rows(self, offset, n, centroids, match_scale, what):
         weight = self.embeddings.word.weight
         c = torch.as_tensor(centroids).to(torch.float64)

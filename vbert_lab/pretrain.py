@@ -140,6 +140,12 @@ class PretrainSettings:
     # the groups drawn from sentences that name a salient word only (a sentence of filler words matches no video;
     # it left fewer salient-word rows, and the zero-shot rows fell: pretrain_sweep.py's "-gs" row)
     group_salient: bool = False
+    # the visual rows start from the centroids (the paper's: 0) or this far towards the salient (cooking) words each
+    # token co-occurs with in the training narration (VideoBert.anchor_visual_embeddings, weighted by PPMI; the
+    # narration pretraining reads anyway, no labels). 0.5: cross-modal verb top-1 +5 / +8 points on seeds 0 / 1
+    # (means over three training seeds on a GPU), +6 / +4 on the CPU, noun +2; 1.0 and 0.25 gained less
+    # (bench/studies/pretrain_sweep_h200_r6.json)
+    word_anchor: float = 0.5
     # one regime per step, drawn with these weights: most steps are text-video, the only regime that ties words to video
     regime_weights: dict[str, float] = field(default_factory=lambda: {"text": 1.0, "video": 1.0, "text_video": 12.0})
 
@@ -253,7 +259,34 @@ def build_model(run, settings: PretrainSettings | None = None, checkpoint: str |
             truncate_layers(model, settings.num_layers)
         model.init_visual_embeddings(ensure_codebook(run, "visual").leaf_centroids.cpu())
         model.init_audio_embeddings(ensure_codebook(run, "audio").leaf_centroids.cpu())
+        if settings.word_anchor:
+            # the cooking vocabulary only: with every word, the narration's fillers ("okay", "good") weigh most
+            model.anchor_visual_embeddings(word_counts(run, model.config, settings.fraction, salient_token_ids(settings)),
+                                           settings.word_anchor)
     return model
+
+
+def word_counts(run, config: VideoBertConfig, fraction: float = 1.0, words=None) -> torch.Tensor:
+    """``(n_visual_tokens, vocab_size)``: in how many training segments (of ``fraction``'s videos) each visual token
+    and each word appear together: the sentence's WordPieces against its clips' tokens; only the ids in ``words``
+    where given (the other columns 0). Taught in ``07_videobert_pretraining``."""
+    from .pipeline import load_tokens
+    from .sequences import segments_of
+
+    keep = set(training_videos(run, fraction))
+    special = {config.pad_token_id, config.cls_token_id, config.sep_token_id, config.mask_token_id}
+    allowed = None if words is None else {int(w) for w in words}
+    counts = torch.zeros(config.n_visual_tokens, config.vocab_size, dtype=torch.float64)
+    for video in load_tokens(run, "training"):
+        if video.video_id not in keep:
+            continue
+        for seg in segments_of(video):
+            said = sorted({w for w in seg.text if 0 <= w < config.vocab_size and w not in special
+                           and (allowed is None or w in allowed)})
+            tokens = sorted({int(v) for v in seg.visual})
+            if said and tokens:
+                counts[torch.tensor(tokens)[:, None], torch.tensor(said)[None, :]] += 1
+    return counts
 
 
 # --------------------------------------------------------------------------- data

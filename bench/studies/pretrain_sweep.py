@@ -24,7 +24,9 @@ max-pooling extractor (``salient600``, ``salient600-b16``, seed 0): ``pretrain_s
 (``TRAIN_SEED`` 0, 1, 2: added to the run's seed for the batches' draws), eight processes side by side on the one
 GPU, each ``OMP_NUM_THREADS=2 TRAIN_SEED=t ROWS=... PRIOR=0 BUDGET=330`` with its own ``OUT``:
 ``pretrain_sweep_h200_r5.json``. Each row also reports ``align_auc``, the ROC AUC of the
-alignment head's score on the held-out pairs.
+alignment head's score on the held-out pairs. The ``r6-*`` rows (visual rows anchored to the cooking words,
+``PretrainSettings.word_anchor``): ``pretrain_sweep_h200_r6.json`` (H200, three training seeds) and
+``pretrain_sweep_cpu_r6.json`` (2-core CPU).
 """
 
 from __future__ import annotations
@@ -99,6 +101,14 @@ SETTINGS = [
     ("r5-C-1000", 1000, C),
     ("r5-C-3000", 3000, C),
     ("r5-binary", 300, {"alignment_loss": "binary", "salient_rate": 0.5, "batch_size": 32}),
+    # visual rows anchored to the cooking words they co-occur with (PretrainSettings.word_anchor), binary and C
+    ("r6-wa05", 300, {"alignment_loss": "binary", "salient_rate": 0.5, "batch_size": 32, "word_anchor": 0.5}),
+    ("r6-wa025", 300, {"alignment_loss": "binary", "salient_rate": 0.5, "batch_size": 32, "word_anchor": 0.25}),
+    ("r6-wa1", 300, {"alignment_loss": "binary", "salient_rate": 0.5, "batch_size": 32, "word_anchor": 1.0}),
+    ("r6-C-wa05", 300, {**C, "word_anchor": 0.5}),
+    ("r6-C-wa1", 300, {**C, "word_anchor": 1.0}),
+    ("r6-C-wa1-600", 600, {**C, "word_anchor": 1.0}),
+    ("r6-wa1-600", 600, {"alignment_loss": "binary", "salient_rate": 0.5, "batch_size": 32, "word_anchor": 1.0}),
 ] + [(name, steps, {**BEFORE, **kw}) for name, steps, kw in [
     ("base300", 300, {}),
     ("mean300", 300, {"pooling": "mean"}),
@@ -116,7 +126,9 @@ SETTINGS = [
     ("tv8-lr1e-3-600", 600, {"pooling": "mean", "lr": 1e-3, "regime_weights": TV8}),
     ("tv8-1000", 1000, {"pooling": "mean", "regime_weights": TV8}),
 ]]
-SETTINGS = [(name, steps, kw if name.startswith(("r4-", "r5-")) else {**BINARY, **kw}) for name, steps, kw in SETTINGS]
+SETTINGS = [(name, steps, kw if name.startswith(("r4-", "r5-", "r6-")) else {**BINARY, **kw}) for name, steps, kw in SETTINGS]
+# every row before r6 ran with the centroid rows alone (word_anchor became 0.5 by default after them)
+SETTINGS = [(name, steps, kw if name.startswith("r6-") else {"word_anchor": 0.0, **kw}) for name, steps, kw in SETTINGS]
 
 
 def _r(x: float | None) -> float | None:
