@@ -26,7 +26,7 @@ def run(tmp_path_factory) -> Session:
 
 
 def test_model_is_minilm_cut_short_with_centroid_visual_embeddings(run):
-    settings = pretrain.default_settings(run)
+    settings = pretrain.default_settings(run, word_anchor=0.0)  # the paper's rows (the anchor: the next test)
     model = pretrain.build_model(run, settings)
     cfg = model.config
     assert cfg.num_layers == 1 == len(model.blocks) and cfg.hidden_size == 384 and cfg.vocab_size == 30522
@@ -45,11 +45,12 @@ def test_model_is_minilm_cut_short_with_centroid_visual_embeddings(run):
 def test_word_anchor_moves_visual_rows_towards_the_cooking_words_they_co_occur_with(run):
     import math
 
-    settings = pretrain.default_settings(run)
+    settings = pretrain.default_settings(run, word_anchor=0.0)  # the paper's rows: the centroids alone
     plain = pretrain.build_model(run, settings)
     cfg = plain.config
-    salient = pretrain.salient_token_ids(settings)
-    counts = pretrain.word_counts(run, cfg, 1.0, salient)
+    salient = sorted(set(pretrain.salient_token_ids(settings)))
+    counts = pretrain.word_counts(run, cfg, salient)
+    column = {w: j for j, w in enumerate(salient)}
     # counted by hand from the training segments: each (token, word) pair once per segment
     by_hand = {}
     for video in pipeline.load_tokens(run, "training"):
@@ -57,7 +58,7 @@ def test_word_anchor_moves_visual_rows_towards_the_cooking_words_they_co_occur_w
             for v in set(seg.visual):
                 for w in set(seg.text) & set(salient):
                     by_hand[v, w] = by_hand.get((v, w), 0) + 1
-    assert by_hand and {(v, w): int(counts[v, w]) for v, w in by_hand} == by_hand
+    assert by_hand and {(v, w): int(counts[v, column[w]]) for v, w in by_hand} == by_hand
     assert counts.sum() == sum(by_hand.values())  # nothing outside the cooking words
 
     anchored = pretrain.build_model(run, pretrain.default_settings(run, word_anchor=0.5))
@@ -85,10 +86,12 @@ def test_word_anchor_moves_visual_rows_towards_the_cooking_words_they_co_occur_w
         torch.testing.assert_close(table[cfg.visual_offset + v], before[cfg.visual_offset + v])
     torch.testing.assert_close(table[: cfg.visual_offset], before[: cfg.visual_offset])
     torch.testing.assert_close(table[cfg.audio_offset :], before[cfg.audio_offset :])
-    with pytest.raises(ValueError, match=r"counts should be \(n_visual_tokens, vocab_size\)"):
-        plain.anchor_visual_embeddings(counts[:2])
+    with pytest.raises(ValueError, match=r"counts should be \(n_visual_tokens, len\(word_ids\)\)"):
+        plain.anchor_visual_embeddings(counts[:2], salient)
+    with pytest.raises(ValueError, match="word_ids must be word ids"):
+        plain.anchor_visual_embeddings(counts, [cfg.visual_offset] * len(salient))
     with pytest.raises(ValueError, match="weight=1.5"):
-        plain.anchor_visual_embeddings(counts, 1.5)
+        plain.anchor_visual_embeddings(counts, salient, 1.5)
 
 
 def test_fractions_pick_nested_training_videos(run):

@@ -552,34 +552,36 @@ class VideoBert(nn.Module):
         return self._init_rows(self.config.audio_offset, self.config.n_audio_tokens, centroids, match_scale, "audio")
 
     @torch.no_grad()
-    def anchor_visual_embeddings(self, counts, weight: float = 0.5, power: float = 0.75) -> torch.Tensor:
-        """Move each visual token's embedding towards the words it co-occurs with; returns the words' mix ``(n, V)``.
+    def anchor_visual_embeddings(self, counts, word_ids, weight: float = 0.5, power: float = 0.75) -> torch.Tensor:
+        """Turn each visual token's embedding towards the words it co-occurs with; returns the words' mix ``(n, W)``.
 
-        ``counts`` ``(n_visual_tokens, vocab_size)``: how often visual token
-        ``i`` and word ``w`` appear in the same training segment (the pairs
+        ``counts`` ``(n_visual_tokens, W)``: how often visual token ``i`` and
+        word ``word_ids[j]`` appear in the same training segment (the pairs
         pretraining reads; no labels). Each token's target is the mean of the
         word embeddings weighted by positive pointwise mutual information,
         ``PPMI(i, w) = max(0, log P(i, w) / (P(i) P_a(w)))`` with the words'
-        marginal smoothed by ``power`` (Levy et al., 2015), so that words every
-        sentence has ("the", "now") weigh nothing. The row becomes
-        ``(1 - weight) * row + weight * target``, at the word embeddings' mean
-        norm; a token that co-occurs with no word keeps its row. Not the paper's
-        (its visual rows are the centroids alone): with the MLM head tied to this
-        table, a token whose row sits among "onion" and "slice" makes those words
-        likelier from the first step. Taught in ``07_videobert_pretraining``.
+        marginal smoothed by ``power`` (Levy et al., 2015), so that rare words
+        do not win by being rare. The row becomes ``(1 - weight) * row +
+        weight * target``, at the word embeddings' mean norm; a token that
+        co-occurs with none of the words keeps its row. Not the paper's (its
+        visual rows are the centroids alone): with the MLM head tied to this
+        table, a token whose row sits among "onion" and "slice" makes those
+        words likelier from the first step. Taught in ``07_videobert_pretraining``.
         """
         cfg = self.config
+        ids = torch.as_tensor(word_ids, dtype=torch.long).reshape(-1)
         c = torch.as_tensor(counts, dtype=torch.float64)
-        if c.shape != (cfg.n_visual_tokens, cfg.vocab_size):
-            raise ValueError(f"counts should be (n_visual_tokens, vocab_size) = ({cfg.n_visual_tokens}, {cfg.vocab_size}), "
+        if c.shape != (cfg.n_visual_tokens, len(ids)):
+            raise ValueError(f"counts should be (n_visual_tokens, len(word_ids)) = ({cfg.n_visual_tokens}, {len(ids)}), "
                              f"got {tuple(c.shape)}")
+        if len(ids) and not bool(((ids >= 0) & (ids < cfg.vocab_size)).all()):
+            raise ValueError(f"word_ids must be word ids in [0, {cfg.vocab_size}), got {ids.tolist()}")
         if not 0 <= weight <= 1 or (c < 0).any():
             raise ValueError(f"weight={weight} must be in [0, 1] and counts >= 0")
         table = self.embeddings.word.weight
-        words = table[: cfg.vocab_size].double()
         total = c.sum()
         if total == 0:
-            return torch.zeros_like(c)
+            return torch.zeros_like(c).to(table.dtype)
         p_joint = c / total
         p_token = p_joint.sum(1, keepdim=True)
         p_word = c.sum(0, keepdim=True) ** power
@@ -588,8 +590,8 @@ class VideoBert(nn.Module):
         ppmi = torch.where(c > 0, pmi, torch.zeros_like(pmi)).clamp_min(0).nan_to_num(0.0, posinf=0.0)
         mass = ppmi.sum(1, keepdim=True)
         mix = torch.where(mass > 0, ppmi / mass.clamp_min(1e-300), torch.zeros_like(ppmi))
-        norm = words.norm(dim=1).mean()
-        target = mix @ words
+        norm = table[: cfg.vocab_size].double().norm(dim=1).mean()
+        target = mix @ table[ids].double()
         target = target * (norm / target.norm(dim=1, keepdim=True).clamp_min(1e-12))
         rows = table[cfg.visual_offset : cfg.visual_offset + cfg.n_visual_tokens].double()
         blended = (1 - weight) * rows + weight * target

@@ -261,28 +261,26 @@ def build_model(run, settings: PretrainSettings | None = None, checkpoint: str |
         model.init_audio_embeddings(ensure_codebook(run, "audio").leaf_centroids.cpu())
         if settings.word_anchor:
             # the cooking vocabulary only: with every word, the narration's fillers ("okay", "good") weigh most
-            model.anchor_visual_embeddings(word_counts(run, model.config, settings.fraction, salient_token_ids(settings)),
-                                           settings.word_anchor)
+            words = sorted(set(salient_token_ids(settings)))
+            model.anchor_visual_embeddings(word_counts(run, model.config, words, settings.fraction), words, settings.word_anchor)
     return model
 
 
-def word_counts(run, config: VideoBertConfig, fraction: float = 1.0, words=None) -> torch.Tensor:
-    """``(n_visual_tokens, vocab_size)``: in how many training segments (of ``fraction``'s videos) each visual token
-    and each word appear together: the sentence's WordPieces against its clips' tokens; only the ids in ``words``
-    where given (the other columns 0). Taught in ``07_videobert_pretraining``."""
+def word_counts(run, config: VideoBertConfig, word_ids, fraction: float = 1.0) -> torch.Tensor:
+    """``(n_visual_tokens, len(word_ids))``: in how many training segments (of ``fraction``'s videos) each visual
+    token and each of the words appear together (the sentence's WordPieces against its clips' tokens).
+    Taught in ``07_videobert_pretraining``."""
     from .pipeline import load_tokens
     from .sequences import segments_of
 
+    column = {int(w): j for j, w in enumerate(word_ids)}
     keep = set(training_videos(run, fraction))
-    special = {config.pad_token_id, config.cls_token_id, config.sep_token_id, config.mask_token_id}
-    allowed = None if words is None else {int(w) for w in words}
-    counts = torch.zeros(config.n_visual_tokens, config.vocab_size, dtype=torch.float64)
+    counts = torch.zeros(config.n_visual_tokens, len(column), dtype=torch.float64)
     for video in load_tokens(run, "training"):
         if video.video_id not in keep:
             continue
         for seg in segments_of(video):
-            said = sorted({w for w in seg.text if 0 <= w < config.vocab_size and w not in special
-                           and (allowed is None or w in allowed)})
+            said = sorted({column[w] for w in seg.text if w in column})
             tokens = sorted({int(v) for v in seg.visual})
             if said and tokens:
                 counts[torch.tensor(tokens)[:, None], torch.tensor(said)[None, :]] += 1
