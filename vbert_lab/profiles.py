@@ -76,7 +76,9 @@ PROFILES = {
                      finetune_seeds=1, finetune_fractions=(0.1, 1.0)),
     "cpu": Profile(name="cpu", tinycook_videos=160, frame_size=128, extractor_epochs=32, extractor_videos=48,
                    kmeans_k=12, kmeans_depth=2, audio_kmeans_k=8, audio_kmeans_depth=2,
-                   pretrain_layers=3, pretrain_steps=300, pretrain_batch=32, pretrain_max_len=64,
+                   # 400 pretraining steps: the zero-shot noun grows with steps (300: 0.19 / 0.14, 400: 0.27 / 0.24 on
+                   # seeds 0 / 1; bench/studies/pretrain_sweep_cpu_r6.json), and notebooks 07 + 08 stay inside 20 minutes
+                   pretrain_layers=3, pretrain_steps=400, pretrain_batch=32, pretrain_max_len=64,
                    finetune_steps=80, finetune_min_steps=80, finetune_epochs=10, finetune_batch=16, finetune_probe_steps=200),
     "gpu": Profile(name="gpu", tinycook_videos=800, frame_size=128, extractor_epochs=12, extractor_videos=200,
                    kmeans_k=16, kmeans_depth=2, audio_kmeans_k=8, audio_kmeans_depth=2),
