@@ -7,7 +7,11 @@ Taught in ``07_videobert_pretraining``. Orchestration only: the loop is
 
 - :func:`build_model`: the packaged MiniLM (all-MiniLM-L6-v2) with the joint
   vocabulary extended by the codebooks' visual (and audio) tokens, their
-  embeddings initialised from the k-means centroids, as in the paper. The
+  embeddings initialised from the k-means centroids, as in the paper, then
+  (not the paper's, :attr:`PretrainSettings.word_anchor`) the visual rows
+  turned half way towards the cooking words each co-occurs with in the
+  training narration (:func:`word_counts`,
+  :meth:`~vbert_lab.model.VideoBert.anchor_visual_embeddings`). The
   profile may keep only MiniLM's first ``pretrain_layers`` layers, so that the
   ``cpu`` profile trains in minutes (the paper used all 24 of BERT-large).
   MiniLM ships no MLM head: the head starts untrained (see
