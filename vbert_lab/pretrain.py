@@ -147,7 +147,7 @@ class PretrainSettings:
     # the visual rows start from the centroids (the paper's: 0) or this far towards the salient (cooking) words each
     # token co-occurs with in the training narration (VideoBert.anchor_visual_embeddings, weighted by PPMI; the
     # narration pretraining reads anyway, no labels). 0.5: cross-modal verb top-1 +5 / +8 points on seeds 0 / 1
-    # (means over three training seeds on a GPU), +6 / +4 on the CPU, noun +2; 1.0 and 0.25 gained less
+    # (means over three training seeds on a GPU), +6 / +4 on the CPU; noun +2 / 0 (GPU), +2.5 / +2.5 (CPU); 1.0 and 0.25 gained less
     # (bench/studies/pretrain_sweep_h200_r6.json)
     word_anchor: float = 0.5
     # one regime per step, drawn with these weights: most steps are text-video, the only regime that ties words to video

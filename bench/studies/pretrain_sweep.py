@@ -37,6 +37,8 @@ import sys
 import time
 from pathlib import Path
 
+from sklearn.metrics import roc_auc_score
+
 from bench.studies._common import open_folder, use_saved_stages
 from vbert_lab import evaluate, pretrain
 from vbert_lab.text import load_wordpiece
@@ -136,13 +138,6 @@ def _r(x: float | None) -> float | None:
     return None if x is None else round(x, 3)
 
 
-def _auc(scores, labels) -> float:
-    """ROC AUC of the alignment score: the chance that an aligned pair outscores a misaligned one (ties count half)."""
-    pos, neg = scores[labels == 1], scores[labels == 0]
-    diff = pos[:, None] - neg[None, :]
-    return ((diff > 0).float().mean() + 0.5 * (diff == 0).float().mean()).item()
-
-
 def main(data_dirs: list[str]) -> list[dict]:
     out = Path(os.environ.get("OUT", "build/studies"))
     out.mkdir(parents=True, exist_ok=True)
@@ -185,7 +180,7 @@ def main(data_dirs: list[str]) -> list[dict]:
             scores, labels = evaluate.alignment_scores(model, evaluate.alignment_examples(model.config, heldout, seed=0,
                                                                                           tokenizer=tokenizer))
             align = ((scores > 0).long() == labels).float().mean().item()  # = evaluate.alignment_accuracy
-            auc = _auc(scores, labels)
+            auc = float(roc_auc_score(labels.numpy(), scores.numpy()))  # as align_threshold.py
             prior = priors[key]
             row = dict(data=Path(data_dir).name, name=name, train_seed=train_seed, steps=steps, lr=lr,
                        seconds=round(seconds, 1), align=round(align, 3), align_auc=round(auc, 3),
