@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 
 import pytest
@@ -127,6 +128,105 @@ def test_alignment_accuracy_reads_the_head_on_cls():
         logits = model(**Collator(cfg, mask=False)([{k: v for k, v in e.items() if k != "alignment_label"} for e in examples])).alignment_logits
     torch.testing.assert_close(scores, logits[:, 1] - logits[:, 0])
     assert labels.tolist() == [1, 1, 1, 0] and (scores < -40).all()
+
+
+def _by_hand_logp(model, words, visual, word_ids):
+    """log p(every word of ``words`` in ``word_ids`` | the rest, visual), one unpadded sequence at a time."""
+    cfg = model.config
+    ex = build_sequence(cfg, words, visual)
+    ids = ex["input_ids"].clone()
+    at = torch.tensor([i > 0 and i <= len(words) and int(t) in word_ids for i, t in enumerate(ids)])
+    truth = ids[at]
+    ids[at] = cfg.mask_token_id
+    with torch.no_grad():
+        hidden = model.encode(ids[None], token_type_ids=ex["token_type_ids"][None])
+        lp = torch.log_softmax(model.masked_logits(hidden, at[None]), -1)
+    return float(lp[torch.arange(len(truth)), truth].sum())
+
+
+def test_mlm_alignment_scores_are_the_pmi_of_words_and_video_computed_by_hand():
+    torch.manual_seed(0)
+    model = VideoBert(small_config(vocab_size=120)).eval()
+    with torch.no_grad():  # BERT's initialisation (std 0.02) barely lets the video move the words: make it matter
+        for p in model.parameters():
+            p.normal_(0.0, 0.5)
+    cfg, cooking = model.config, {110, 112}
+    sentences = [[110, 101, 112], [102, 110, 103, 104], [105, 106]]  # the last names no cooking word
+    videos = [[1, 2, 3], [4], [5, 6, 7, 8, 9]]
+    refs = [[0, 1], [2, 3, 4, 5], [6], [7, 8, 9, 10, 11]]
+    examples = []
+    for i, words in enumerate(sentences):
+        for j, label in ((i, 1), ((i + 1) % 3, 0)):
+            ex = build_sequence(cfg, words, videos[j])
+            ex["alignment_label"] = label
+            examples.append(ex)
+    scores, labels = ev.mlm_alignment_scores(model, examples, cooking, refs, batch_size=3)  # rows padded, split
+    assert labels.tolist() == [1, 0, 1, 0, 1, 0]
+    for n, ex in enumerate(examples[:4]):
+        words, video = sentences[n // 2], videos[(n // 2 + n % 2) % 3]
+        ref = torch.tensor([_by_hand_logp(model, words, r, cooking) for r in refs])
+        expected = _by_hand_logp(model, words, video, cooking) - (torch.logsumexp(ref, 0) - math.log(len(refs)))
+        assert scores[n].item() == pytest.approx(expected.item(), abs=1e-4)
+    assert scores[4:].tolist() == [0.0, 0.0]  # no cooking word: no evidence
+    assert scores[:4].abs().min() > 0.01  # a random model tells the videos apart
+    # the marginal is a mean over the references: repeating them changes nothing; the pair's own video as the
+    # only reference scores exactly 0
+    again, _ = ev.mlm_alignment_scores(model, examples, cooking, refs + refs)
+    torch.testing.assert_close(again, scores, atol=1e-5, rtol=0)
+    own, _ = ev.mlm_alignment_scores(model, examples[:1], cooking, [videos[0]])
+    assert own.abs().item() < 1e-5
+    assert ev.score_accuracy(scores, labels) == pytest.approx(((scores > 0).long() == labels).float().mean().item())
+
+
+class VideoNamesTheVerb(nn.Module):
+    """A hand-made model: wherever a word is masked, visual token k makes VERBS[k] e^4 times likelier than any other."""
+
+    def __init__(self, tok):
+        super().__init__()
+        self.config = small_config()
+        self.dummy = nn.Parameter(torch.zeros(1))
+        self.verbs = ev.label_token_ids(tok, VERBS)
+
+    def encode(self, input_ids, attention_mask=None, token_type_ids=None):
+        cfg = self.config
+        is_vis = input_ids >= cfg.visual_offset
+        first = torch.where(is_vis.any(1), (input_ids - cfg.visual_offset).masked_fill(~is_vis, 10**6).min(1).values, 0)
+        return first[:, None, None].expand(*input_ids.shape, 1).float()  # (B, T, 1)
+
+    def masked_logits(self, hidden, where):
+        k = hidden[where][:, 0].long()  # (M,)
+        logits = torch.zeros(len(k), self.config.joint_vocab_size)
+        logits[torch.arange(len(k)), torch.tensor(self.verbs)[k]] = 4.0
+        return logits
+
+
+def test_mlm_alignment_score_is_positive_for_the_video_that_names_the_words(tok):
+    model = VideoNamesTheVerb(tok)
+    cfg = model.config
+    sentence = tok.encode(f"now {VERBS[2]} it slowly")
+    examples = [build_sequence(cfg, sentence, [2, 5]), build_sequence(cfg, sentence, [7, 9])]
+    scores, labels = ev.mlm_alignment_scores(model, examples, ev.label_token_ids(tok, VERBS), [[k] for k in range(6)])
+    assert labels.tolist() == [-1, -1]
+    V = cfg.joint_vocab_size
+    p_named, p_other = math.e**4 / (math.e**4 + V - 1), 1 / (math.e**4 + V - 1)
+    marginal = (p_named + 5 * p_other) / 6  # one reference in six names the verb
+    assert scores[0].item() == pytest.approx(math.log(p_named / marginal), rel=1e-4) and scores[0] > 0
+    assert scores[1].item() == pytest.approx(math.log(p_other / marginal), rel=1e-4) and scores[1] < 0
+
+
+def test_mlm_alignment_scores_refuse_what_they_cannot_read(tok):
+    torch.manual_seed(0)
+    model = VideoBert(small_config(vocab_size=120, n_audio_tokens=4)).eval()
+    cfg = model.config
+    pair = build_sequence(cfg, [110, 111], [1, 2])
+    with pytest.raises(ValueError, match="at least one reference video"):
+        ev.mlm_alignment_scores(model, [pair], {110}, [])
+    with pytest.raises(ValueError, match="one \\[>\\], no audio"):
+        ev.mlm_alignment_scores(model, [build_sequence(cfg, [110], [1], audio=[2])], {110}, [[1]])
+    with pytest.raises(ValueError, match="word_ids must be"):
+        ev.mlm_alignment_scores(model, [pair], {500}, [[1]])
+    with pytest.raises(ValueError, match="of no examples"):
+        ev.mlm_alignment_scores(model, [], {110}, [[1]])
 
 
 def test_text_to_video_and_forecast_return_the_likeliest_visual_tokens(tok):

@@ -69,6 +69,8 @@ __all__ = [
     "alignment_examples",
     "alignment_scores",
     "alignment_accuracy",
+    "score_accuracy",
+    "mlm_alignment_scores",
     "text_to_video",
     "forecast",
     "cluster_labels",
@@ -357,8 +359,101 @@ def alignment_accuracy(model: VideoBert, examples: Sequence[dict], batch_size: i
     """
     if not examples:
         raise ValueError("alignment_accuracy of no examples")
-    scores, labels = alignment_scores(model, examples, batch_size)
-    return int(((scores > 0).long() == labels).sum()) / len(examples)
+    return score_accuracy(*alignment_scores(model, examples, batch_size))
+
+
+def score_accuracy(scores: torch.Tensor, labels: torch.Tensor, threshold: float = 0.0) -> float:
+    """Share of pairs whose decision ``score > threshold`` ("aligned") matches their 0/1 label."""
+    if len(scores) != len(labels) or not len(scores):
+        raise ValueError(f"score_accuracy needs as many labels as scores, at least one: got {len(scores)} and {len(labels)}")
+    return int(((scores > threshold).long() == labels.long()).sum()) / len(scores)
+
+
+@torch.no_grad()
+def mlm_alignment_scores(model: VideoBert, examples: Sequence[dict], word_ids: Iterable[int],
+                         references: Sequence[Sequence[int]], batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Alignment read from the masked-token head, with no alignment head: how much a video raises its sentence's words.
+
+    For a pair of sentence ``t`` and video ``v``, every word of ``t`` that is
+    in ``word_ids`` (the cooking words: :func:`vbert_lab.pretrain.salient_token_ids`)
+    is masked at once, ``w`` those words and ``t\\w`` the rest, and::
+
+        score(t, v) = log p(w | t\\w, v) - log (1/K) sum_k p(w | t\\w, r_k)
+
+    with ``p(w | .)`` the product of the model's softmax over the joint
+    vocabulary at the masked positions and ``r_1 .. r_K`` the visual tokens of
+    ``references`` (unlabelled videos, e.g. training steps): the model's own
+    estimate of the pointwise mutual information of the words and the video.
+    ``score > 0``: ``v`` makes the words likelier than a typical video does,
+    read as "aligned". A sentence with none of ``word_ids`` scores 0 (no
+    evidence either way; read as not aligned).
+
+    ``examples``: :func:`alignment_examples`' text-video dicts (no audio).
+    Returns ``(scores, labels)``, two ``(N,)`` CPU tensors, as :func:`alignment_scores`;
+    ``labels`` is -1 where an example has no ``"alignment_label"``. One sentence's
+    reference rows are scored once for all its pairs. Taught in ``07_videobert_pretraining``.
+    """
+    from .sequences import Collator
+
+    if not examples:
+        raise ValueError("mlm_alignment_scores of no examples")
+    if not references:
+        raise ValueError("mlm_alignment_scores needs at least one reference video (references=[]): pass the visual "
+                         "tokens of some training steps, e.g. [s.visual for s in heldout_segments(run, ('training',))]")
+    cfg = model.config
+    words = torch.as_tensor(sorted({int(w) for w in word_ids}), dtype=torch.long)
+    if not len(words) or int(words.min()) < 0 or int(words.max()) >= cfg.vocab_size:
+        raise ValueError(f"word_ids must be non-empty WordPiece ids in [0, {cfg.vocab_size}); got {words.tolist()[:10]}")
+    jn = cfg.special_token_id("[>]")
+    # each example's sentence and video, read back from its joint ids
+    texts, visuals = [], []
+    for i, ex in enumerate(examples):
+        ids = [int(x) for x in ex["input_ids"]]
+        if ids.count(jn) != 1 or ids[0] != cfg.cls_token_id or ids[-1] != cfg.sep_token_id:
+            raise ValueError(f"example {i} is not '[CLS] text [>] video [SEP]' (one [>], no audio): "
+                             f"build it with alignment_examples or sequences.build_sequence(config, text, visual)")
+        cut = ids.index(jn)
+        texts.append(tuple(ids[1:cut]))
+        visuals.append([t - cfg.visual_offset for t in ids[cut + 1 : -1]])
+    # rows to score: per distinct sentence, its examples' videos, then the K references
+    sentences = list(dict.fromkeys(texts))
+    own = {t: [i for i, x in enumerate(texts) if x == t] for t in sentences}
+    rows, owner = [], []  # owner: (sentence index, example index or -1 for a reference)
+    for si, t in enumerate(sentences):
+        if not torch.isin(torch.tensor(t, dtype=torch.long), words).any():
+            continue
+        for i in own[t]:
+            rows.append(build_sequence(cfg, t, visuals[i])), owner.append((si, i))
+        for r in references:
+            rows.append(build_sequence(cfg, t, r)), owner.append((si, -1))
+    model.eval()
+    device = next(model.parameters()).device
+    collate = Collator(cfg, mask=False)
+    logp = []
+    for lo in range(0, len(rows), batch_size):
+        batch = collate(rows[lo : lo + batch_size])
+        ids = batch["input_ids"]
+        at = torch.isin(ids, words) & (batch["token_type_ids"] == 0) & (batch["attention_mask"] == 1)
+        at[:, 0] = False  # [CLS]
+        truth = ids[at]
+        batch["input_ids"] = ids.masked_fill(at, cfg.mask_token_id)
+        hidden = model.encode(**{k: v.to(device) for k, v in batch.items()})
+        lp = torch.log_softmax(model.masked_logits(hidden, at.to(device)).float(), -1).cpu()  # (M, V)
+        per = lp[torch.arange(len(truth)), truth]
+        logp.append(torch.zeros(len(ids)).index_add_(0, at.nonzero()[:, 0], per))
+    logp = torch.cat(logp) if logp else torch.zeros(0)
+    scores = torch.zeros(len(examples))
+    by_sentence: dict[int, list[int]] = {}
+    for row, (si, _) in enumerate(owner):
+        by_sentence.setdefault(si, []).append(row)
+    for si, rs in by_sentence.items():
+        ref = torch.tensor([r for r in rs if owner[r][1] < 0])
+        marginal = torch.logsumexp(logp[ref], 0) - math.log(len(ref))
+        for r in rs:
+            if owner[r][1] >= 0:
+                scores[owner[r][1]] = logp[r] - marginal
+    labels = torch.tensor([int(ex.get("alignment_label", -1)) for ex in examples], dtype=torch.long)
+    return scores, labels
 
 
 # --------------------------------------------------------------------------- generation
