@@ -834,7 +834,14 @@ def train(
     rank, world_size = _dist_rank_world()
     is_main = rank == 0
     try:
-        return _train(model, loaders, config, out_dir, evaluate, device, rank, world_size, is_main)
+        result = _train(model, loaders, config, out_dir, evaluate, device, rank, world_size, is_main)
+        if owns_process_group:
+            # every rank past its last collective (and rank 0 past its last checkpoint) before any rank tears the
+            # group down: a gloo rank that destroyed its group while the other still talked to it once aborted
+            # ("terminate called without an active exception", SIGABRT) in the two-process test. Not on an
+            # exception: the other rank may never arrive
+            dist.barrier()
+        return result
     finally:
         if owns_process_group:
             dist.destroy_process_group()
