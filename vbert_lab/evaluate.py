@@ -415,21 +415,19 @@ def mlm_alignment_scores(model: VideoBert, examples: Sequence[dict], word_ids: I
         cut = ids.index(jn)
         texts.append(tuple(ids[1:cut]))
         visuals.append([t - cfg.visual_offset for t in ids[cut + 1 : -1]])
-    # rows to score: per distinct sentence, its examples' videos, then the K references
-    sentences = list(dict.fromkeys(texts))
-    own = {t: [i for i, x in enumerate(texts) if x == t] for t in sentences}
-    rows, owner = [], []  # owner: (sentence index, example index or -1 for a reference)
-    for si, t in enumerate(sentences):
-        if not torch.isin(torch.tensor(t, dtype=torch.long), words).any():
-            continue
-        for i in own[t]:
-            rows.append(build_sequence(cfg, t, visuals[i])), owner.append((si, i))
-        for r in references:
-            rows.append(build_sequence(cfg, t, r)), owner.append((si, -1))
+    # rows to score, sentence by sentence: the videos of its examples, then the K references
+    examples_of: dict[tuple, list[int]] = {}
+    for i, t in enumerate(texts):
+        examples_of.setdefault(t, []).append(i)
+    rows, blocks = [], []  # blocks: (first row, the sentence's example indices)
+    for t, mine in examples_of.items():
+        if torch.isin(torch.tensor(t, dtype=torch.long), words).any():
+            blocks.append((len(rows), mine))
+            rows += [build_sequence(cfg, t, visuals[i]) for i in mine] + [build_sequence(cfg, t, r) for r in references]
     model.eval()
     device = next(model.parameters()).device
     collate = Collator(cfg, mask=False)
-    logp = []
+    logp = []  # per row: log p(its masked words | the rest)
     for lo in range(0, len(rows), batch_size):
         batch = collate(rows[lo : lo + batch_size])
         ids = batch["input_ids"]
@@ -442,16 +440,11 @@ def mlm_alignment_scores(model: VideoBert, examples: Sequence[dict], word_ids: I
         per = lp[torch.arange(len(truth)), truth]
         logp.append(torch.zeros(len(ids)).index_add_(0, at.nonzero()[:, 0], per))
     logp = torch.cat(logp) if logp else torch.zeros(0)
-    scores = torch.zeros(len(examples))
-    by_sentence: dict[int, list[int]] = {}
-    for row, (si, _) in enumerate(owner):
-        by_sentence.setdefault(si, []).append(row)
-    for si, rs in by_sentence.items():
-        ref = torch.tensor([r for r in rs if owner[r][1] < 0])
-        marginal = torch.logsumexp(logp[ref], 0) - math.log(len(ref))
-        for r in rs:
-            if owner[r][1] >= 0:
-                scores[owner[r][1]] = logp[r] - marginal
+    scores = torch.zeros(len(examples))  # 0 where the sentence has no word to score
+    for first, mine in blocks:
+        ref = logp[first + len(mine) : first + len(mine) + len(references)]
+        marginal = torch.logsumexp(ref, 0) - math.log(len(references))
+        scores[mine] = logp[first : first + len(mine)] - marginal
     labels = torch.tensor([int(ex.get("alignment_label", -1)) for ex in examples], dtype=torch.long)
     return scores, labels
 
