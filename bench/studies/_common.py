@@ -36,6 +36,23 @@ def use_saved_stages() -> None:
     pipeline.ensure_tokens = lambda run, **kw: run.stage_dir("tokens")
 
 
+def course_model(data_dir: str | Path):
+    """The course's pretrained VideoBERT of a folder as notebook 07 left it, in eval mode, with what reading it needs.
+
+    Returns ``(run, tokenizer, model, heldout, train_steps)``: the held-out
+    (validation and testing) and the training steps as
+    :func:`vbert_lab.evaluate.heldout_segments` gives them.
+    """
+    from vbert_lab import evaluate, pretrain
+    from vbert_lab.text import load_wordpiece
+
+    use_saved_stages()
+    run = open_folder(data_dir, "cpu")
+    model = pretrain.ensure_pretrained(run, "text_video").model.eval()
+    return (run, load_wordpiece(), model, evaluate.heldout_segments(run),
+            evaluate.heldout_segments(run, subsets=("training",)))
+
+
 def append_row(path: str | Path, row: dict) -> list[dict]:
     """Append ``row`` to the JSON list in ``path`` (created if absent) and return the list.
 

@@ -24,19 +24,13 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from bench.studies._common import append_row, open_folder, use_saved_stages
+from bench.studies._common import append_row, course_model
 from vbert_lab import evaluate, pretrain
-from vbert_lab.text import load_wordpiece
 
 
 def main(data_dir: str, ks: list[str]) -> list[dict]:
     out = Path(os.environ.get("OUT", "build/studies")) / "mlm_alignment.json"
-    use_saved_stages()
-    run = open_folder(data_dir, "cpu")
-    tokenizer = load_wordpiece()
-    model = pretrain.ensure_pretrained(run, "text_video").model.eval()
-    heldout = evaluate.heldout_segments(run)
-    train_steps = evaluate.heldout_segments(run, subsets=("training",))
+    run, tokenizer, model, heldout, train_steps = course_model(data_dir)
     pairs = evaluate.alignment_examples(model.config, heldout, seed=run.seed, tokenizer=tokenizer)
     word_ids = pretrain.salient_token_ids(pretrain.default_settings(run))
     head, labels = evaluate.alignment_scores(model, pairs)

@@ -21,19 +21,13 @@ from pathlib import Path
 
 import torch
 
-from bench.studies._common import append_row, open_folder, use_saved_stages
-from vbert_lab import evaluate, pretrain
-from vbert_lab.text import load_wordpiece
+from bench.studies._common import append_row, course_model
+from vbert_lab import evaluate
 from vbert_lab.tinycook import INGREDIENTS, VERBS
 
 
 def main(data_dir: str, k: int = 128) -> dict:
-    use_saved_stages()
-    run = open_folder(data_dir, "cpu")
-    tokenizer = load_wordpiece()
-    model = pretrain.ensure_pretrained(run, "text_video").model.eval()
-    heldout = evaluate.heldout_segments(run)
-    train_steps = evaluate.heldout_segments(run, subsets=("training",))
+    run, tokenizer, model, heldout, train_steps = course_model(data_dir)
     candidates = [evaluate.label_token_ids(tokenizer, VERBS), evaluate.label_token_ids(tokenizer, INGREDIENTS)]
     scores = evaluate.zero_shot_scores(model, tokenizer, candidates, visual=[s.visual for s in heldout])
     refs = [s.visual for s in random.Random(run.seed).sample(train_steps, min(k, len(train_steps)))]
