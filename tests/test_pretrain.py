@@ -92,6 +92,8 @@ def test_word_anchor_moves_visual_rows_towards_the_cooking_words_they_co_occur_w
         plain.anchor_visual_embeddings(counts, [cfg.visual_offset] * len(salient))
     with pytest.raises(ValueError, match="weight=1.5"):
         plain.anchor_visual_embeddings(counts, salient, 1.5)
+    with pytest.raises(ValueError, match="word_ids repeat a word"):
+        pretrain.word_counts(run, cfg, salient + salient[:1])
 
 
 def test_fractions_pick_nested_training_videos(run):

@@ -278,6 +278,9 @@ def word_counts(run, config: VideoBertConfig, word_ids, fraction: float = 1.0) -
     from .sequences import segments_of
 
     column = {int(w): j for j, w in enumerate(word_ids)}
+    if len(column) != len(word_ids):
+        raise ValueError(f"word_ids repeat a word ({len(word_ids)} ids, {len(column)} distinct): each column counts one "
+                         f"word; pass sorted(set(word_ids))")
     keep = set(training_videos(run, fraction))
     counts = torch.zeros(config.n_visual_tokens, len(column), dtype=torch.float64)
     for video in load_tokens(run, "training"):
