@@ -439,14 +439,21 @@ def run_small_config(out_dir: str) -> None:
     train(VideoBert(cfg), loaders, config, out_dir)
 
 
+def thread_names() -> list[str]:
+    """This process's threads by name (Linux), e.g. gloo's ``pt_gloo_runloop``."""
+    return [Path(task, "comm").read_text().strip() for task in Path("/proc/self/task").iterdir()]
+
+
 def test_two_gloo_processes_under_torchrun_match_one_process(tmp_path):
     run_small_config(str(tmp_path / "one"))
     script = tmp_path / "ddp_run.py"
     script.write_text(
         "import sys\n"
         f"sys.path.insert(0, {str(TESTS_DIR)!r})\n"
-        "from test_train import run_small_config\n"
+        "from test_train import run_small_config, thread_names\n"
         "run_small_config(sys.argv[1])\n"
+        "import os, pathlib\n"
+        "pathlib.Path(sys.argv[1], 'threads-rank' + os.environ['RANK']).write_text(' '.join(thread_names()))\n"
     )
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     done = subprocess.run(
@@ -462,6 +469,12 @@ def test_two_gloo_processes_under_torchrun_match_one_process(tmp_path):
         for name, value in one[step].items():
             assert two[step][name] == pytest.approx(value, abs=1e-5), (step, name)
     assert [p.name for p in list_checkpoints(tmp_path / "two")] == ["step-00000003", "step-00000006"]
+    if sys.platform == "linux":
+        # train() freed its process group: no gloo thread outlives it into interpreter shutdown, where one that
+        # still held tensors aborted the process (torch._dynamo, imported after the group existed, pinned it)
+        for rank in (0, 1):
+            left = (tmp_path / "two" / f"threads-rank{rank}").read_text().split()
+            assert not [name for name in left if "gloo" in name], (rank, left)
     state = torch.load(latest_checkpoint(tmp_path / "two") / "trainer_state.pt", weights_only=True)
     assert state["world_size"] == 2 and len(state["rng"]) == 2  # each rank's RNG state, for an exact resume
     a = VideoBert.from_pretrained(latest_checkpoint(tmp_path / "one")).state_dict()

@@ -829,6 +829,13 @@ def train(
     if world_size > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
+        # DistributedDataParallel imports torch._dynamo on first use, and an import of torch._dynamo after the group
+        # exists keeps a reference to it: destroy_process_group then cannot free it, gloo's worker threads outlive
+        # it, and one that drops its last collective's tensors while the interpreter shuts down aborts the process
+        # ("terminate called without an active exception", SIGABRT; 1 run in 20 on a loaded 2-core machine, after
+        # train() had returned and every file was written). Imported first, the group is freed and its threads
+        # joined by destroy_process_group below (tests/test_train.py checks that none is left)
+        import torch._dynamo  # noqa: F401
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
         owns_process_group = True
     rank, world_size = _dist_rank_world()
@@ -837,9 +844,7 @@ def train(
         result = _train(model, loaders, config, out_dir, evaluate, device, rank, world_size, is_main)
         if owns_process_group:
             # every rank past its last collective (and rank 0 past its last checkpoint) before any rank tears the
-            # group down: a gloo rank that destroyed its group while the other still talked to it once aborted
-            # ("terminate called without an active exception", SIGABRT) in the two-process test. Not on an
-            # exception: the other rank may never arrive
+            # group down. Not on an exception: the other rank may never arrive
             dist.barrier()
         return result
     finally:
