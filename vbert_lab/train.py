@@ -805,6 +805,11 @@ def train(
     Under ``torchrun`` each process calls ``train`` the same way: it joins the
     process group (NCCL on GPU, gloo on CPU), wraps the model in
     DistributedDataParallel, and only rank 0 writes checkpoints and metrics.
+    A group it joined it also leaves. If you join one yourself before calling
+    ``train``, import ``torch._dynamo`` first: imported after the group exists
+    (DistributedDataParallel does so), it keeps the group alive past
+    ``destroy_process_group``, and gloo's threads can then abort the process
+    as it exits.
 
     Writes ``out_dir/train_config.json``, ``out_dir/metrics.jsonl`` and
     ``out_dir/checkpoints/step-NNNNNNNN/``. With ``config.resume`` it continues
