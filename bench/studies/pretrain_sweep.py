@@ -112,6 +112,8 @@ SETTINGS = [
     ("r6-C-wa1-600", 600, {**C, "word_anchor": 1.0}),
     ("r6-wa05-400", 400, {"alignment_loss": "binary", "salient_rate": 0.5, "batch_size": 32, "word_anchor": 0.5}),
     ("r6-wa1-600", 600, {"alignment_loss": "binary", "salient_rate": 0.5, "batch_size": 32, "word_anchor": 1.0}),
+    # recipe 4's contrastive settings over today's defaults (word_anchor 0.5, the cpu profile's 400 steps)
+    ("r6-C-wa05-400", 400, {**C, "word_anchor": 0.5}),
 ] + [(name, steps, {**BEFORE, **kw}) for name, steps, kw in [
     ("base300", 300, {}),
     ("mean300", 300, {"pooling": "mean"}),
