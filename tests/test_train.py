@@ -440,8 +440,9 @@ def run_small_config(out_dir: str) -> None:
 
 
 def thread_names() -> list[str]:
-    """This process's threads by name (Linux), e.g. gloo's ``pt_gloo_runloop``."""
-    return [Path(task, "comm").read_text().strip() for task in Path("/proc/self/task").iterdir()]
+    """This process's threads by name, e.g. gloo's ``pt_gloo_runloop`` (Linux; elsewhere none are listed)."""
+    tasks = Path("/proc/self/task")
+    return [Path(task, "comm").read_text().strip() for task in tasks.iterdir()] if tasks.is_dir() else []
 
 
 def test_two_gloo_processes_under_torchrun_match_one_process(tmp_path):
