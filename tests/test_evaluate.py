@@ -273,3 +273,22 @@ def test_meteor_ranks_a_close_caption_above_a_far_one(captions):
 def test_caption_scores_wants_one_reference_list_per_hypothesis():
     with pytest.raises(ValueError, match="one list per hypothesis"):
         ev.caption_scores([["a b"]], ["a b", "c d"], meteor=False)
+
+
+def test_linear_probe_agrees_with_scikit_learn():
+    """The frozen-feature probe against an independent implementation: sklearn's L2 logistic regression with
+    the same objective (C = 1 / (2 * l2 * n), as sklearn sums the loss where the probe averages it)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from vbert_lab.evaluate import linear_probe
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 12, generator=g)
+    y = (x[:, :3] @ torch.tensor([1.0, -1.0, 0.5])).mul(2).round().clamp(-2, 2).long()  # 5 classes
+    labels = [f"c{v}" for v in y.tolist()]
+    ours = linear_probe(x[:300], labels[:300], x[300:], labels[300:], l2=1e-3)
+    mu, sd = x[:300].mean(0), x[:300].std(0) + 1e-6
+    ref = LogisticRegression(C=1 / (2 * 1e-3 * 300), max_iter=2000).fit(((x[:300] - mu) / sd).numpy(), labels[:300])
+    theirs = ref.score(((x[300:] - mu) / sd).numpy(), labels[300:])
+    assert abs(ours - theirs) <= 0.02 and ours > 0.7, (ours, theirs)
+    assert linear_probe(x[:300], labels[:300], x[300:], ["unseen"] * 100) == 0.0
